@@ -1,0 +1,417 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * sysgenid: the System Generation ID device, /dev/sysgenid.
+ *
+ * Written for the sysgenid-async project from the documented behaviour of the
+ * v4 patch (Documentation/misc-devices/sysgenid.rst) and of the shipped v8
+ * driver. One module speaks both ABIs; the personality is chosen at load time:
+ *
+ *     insmod sysgenid.ko            # v4: ioctl magic 0x2d, every fd a watcher
+ *     insmod sysgenid.ko abi=8      # v8: ioctl magic 0xE4, opt-in tracking
+ *
+ * Locking: one spinlock (irqsave, since sysgenid_bump_generation() may be
+ * called from any context) guards the generation, every file's acked value
+ * and tracking flag, and the outdated count. Nothing sleeps while holding it.
+ * Wait conditions re-take the lock to read consistent state; every state
+ * change that can satisfy a condition wakes the queues after unlocking.
+ */
+#include <linux/capability.h>
+#include <linux/cred.h>
+#include <linux/fs.h>
+#include <linux/ioctl.h>
+#include <linux/jiffies.h>
+#include <linux/list.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/poll.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/uaccess.h>
+#include <linux/version.h>
+#include <linux/wait.h>
+
+#include "sysgenid.h"
+
+static int abi = 4;
+module_param(abi, int, 0444);
+MODULE_PARM_DESC(abi, "ABI personality: 4 (documented v4, default) or 8 (shipped v8)");
+
+/* vm_flags became read-only, with helpers, in 6.3 */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+#define sg_vm_flags_set(vma, f)   vm_flags_set((vma), (f))
+#define sg_vm_flags_clear(vma, f) vm_flags_clear((vma), (f))
+#else
+#define sg_vm_flags_set(vma, f)   ((vma)->vm_flags |= (f))
+#define sg_vm_flags_clear(vma, f) ((vma)->vm_flags &= ~(f))
+#endif
+
+struct sg_watcher {
+	struct list_head node;	/* in sg_state.watchers */
+	u32 acked;		/* the generation this file last confirmed */
+	bool tracked;		/* counts towards the outdated total */
+};
+
+static struct {
+	u32 *page;		/* page[0] is the live generation, mapped read-only */
+	spinlock_t lock;
+	struct list_head watchers;
+	unsigned int outdated;	/* tracked watchers with acked != generation */
+	wait_queue_head_t change_wq;	/* readers and pollers */
+	wait_queue_head_t outdated_wq;	/* WAIT_WATCHERS callers */
+} sg;
+
+static inline u32 sg_generation(void)
+{
+	return READ_ONCE(sg.page[0]);
+}
+
+static inline bool sg_is_v8(void)
+{
+	return abi == 8;
+}
+
+/* Caller holds sg.lock. */
+static inline bool sg_watcher_outdated_locked(const struct sg_watcher *w)
+{
+	return w->acked != sg.page[0];
+}
+
+static bool sg_watcher_outdated(struct sg_watcher *w)
+{
+	unsigned long flags;
+	bool ret;
+
+	spin_lock_irqsave(&sg.lock, flags);
+	ret = sg_watcher_outdated_locked(w);
+	spin_unlock_irqrestore(&sg.lock, flags);
+	return ret;
+}
+
+/*
+ * Set the generation to max(min_gen, current + 1), computed in u32 so that
+ * 0xffffffff + 1 wraps to 0. Recounting the outdated watchers from the list
+ * keeps the total exact even when a wrapped value meets an old ack.
+ */
+static void sg_bump(u32 min_gen)
+{
+	struct sg_watcher *w;
+	unsigned long flags;
+	unsigned int outdated = 0;
+	u32 next;
+
+	spin_lock_irqsave(&sg.lock, flags);
+	next = max_t(u32, min_gen, sg.page[0] + 1);
+	WRITE_ONCE(sg.page[0], next);
+	list_for_each_entry(w, &sg.watchers, node)
+		if (w->tracked && w->acked != next)
+			outdated++;
+	sg.outdated = outdated;
+	spin_unlock_irqrestore(&sg.lock, flags);
+
+	wake_up_interruptible_all(&sg.change_wq);
+	/* waiters must learn that they became outdated themselves */
+	wake_up_interruptible_all(&sg.outdated_wq);
+}
+
+/**
+ * sysgenid_bump_generation - advance the system generation by one
+ *
+ * For in-kernel producers, such as a VM-generation backend. Safe to call
+ * from any context.
+ */
+void sysgenid_bump_generation(void)
+{
+	sg_bump(0);
+}
+EXPORT_SYMBOL_GPL(sysgenid_bump_generation);
+
+static int sg_open(struct inode *inode, struct file *file)
+{
+	struct sg_watcher *w = kzalloc(sizeof(*w), GFP_KERNEL);
+	unsigned long flags;
+
+	if (!w)
+		return -ENOMEM;
+	/* v4: every open file is a watcher; v8: only after SET_WATCHER_TRACKING(1) */
+	w->tracked = !sg_is_v8();
+	spin_lock_irqsave(&sg.lock, flags);
+	w->acked = sg.page[0];
+	list_add(&w->node, &sg.watchers);
+	spin_unlock_irqrestore(&sg.lock, flags);
+	file->private_data = w;
+	return stream_open(inode, file);
+}
+
+static int sg_release(struct inode *inode, struct file *file)
+{
+	struct sg_watcher *w = file->private_data;
+	unsigned long flags;
+	bool wake = false;
+
+	spin_lock_irqsave(&sg.lock, flags);
+	list_del(&w->node);
+	if (w->tracked && sg_watcher_outdated_locked(w)) {
+		sg.outdated--;
+		wake = sg.outdated == 0;
+	}
+	spin_unlock_irqrestore(&sg.lock, flags);
+	if (wake)
+		wake_up_interruptible_all(&sg.outdated_wq);
+	kfree(w);
+	return 0;
+}
+
+static ssize_t sg_read(struct file *file, char __user *buf, size_t len,
+		       loff_t *ppos)
+{
+	struct sg_watcher *w = file->private_data;
+	unsigned long flags;
+	u32 gen;
+	int ret;
+
+	if (len == 0)
+		return 0;
+	if (len < sizeof(u32))
+		return -EINVAL;
+
+	for (;;) {
+		spin_lock_irqsave(&sg.lock, flags);
+		gen = sg.page[0];
+		if (w->acked != gen) {
+			spin_unlock_irqrestore(&sg.lock, flags);
+			break;
+		}
+		spin_unlock_irqrestore(&sg.lock, flags);
+		if (file->f_flags & O_NONBLOCK)
+			return -EAGAIN;
+		ret = wait_event_interruptible(sg.change_wq,
+					       sg_watcher_outdated(w));
+		if (ret)
+			return ret;
+	}
+	/* reading does not acknowledge: only write() does */
+	if (copy_to_user(buf, &gen, sizeof(gen)))
+		return -EFAULT;
+	return sizeof(gen);
+}
+
+static ssize_t sg_write(struct file *file, const char __user *buf,
+			size_t len, loff_t *ppos)
+{
+	struct sg_watcher *w = file->private_data;
+	unsigned long flags;
+	bool wake = false;
+	u32 gen;
+
+	if (len != sizeof(u32))
+		return sg_is_v8() ? -ENOBUFS : -EINVAL;
+	if (copy_from_user(&gen, buf, sizeof(gen)))
+		return -EFAULT;
+
+	spin_lock_irqsave(&sg.lock, flags);
+	if (gen != sg.page[0]) {
+		spin_unlock_irqrestore(&sg.lock, flags);
+		return -EINVAL;
+	}
+	if (w->acked != gen) {
+		w->acked = gen;
+		if (w->tracked) {
+			sg.outdated--;
+			wake = sg.outdated == 0;
+		}
+	}
+	spin_unlock_irqrestore(&sg.lock, flags);
+	if (wake)
+		wake_up_interruptible_all(&sg.outdated_wq);
+	return sizeof(gen);
+}
+
+static __poll_t sg_poll(struct file *file, poll_table *wait)
+{
+	struct sg_watcher *w = file->private_data;
+
+	poll_wait(file, &sg.change_wq, wait);
+	return sg_watcher_outdated(w) ? EPOLLIN | EPOLLRDNORM : 0;
+}
+
+static bool sg_wait_done(struct sg_watcher *w)
+{
+	unsigned long flags;
+	bool done;
+
+	spin_lock_irqsave(&sg.lock, flags);
+	done = sg.outdated == 0 || sg_watcher_outdated_locked(w);
+	spin_unlock_irqrestore(&sg.lock, flags);
+	return done;
+}
+
+/*
+ * WAIT_WATCHERS(ms), ms == 0 meaning no timeout. Returns 0 once no tracked
+ * watcher is outdated. -EINTR when the caller is (or becomes) outdated, and
+ * on a signal. A timeout gives -EINTR on v4 and -ETIME on v8.
+ */
+static long sg_wait_watchers(struct sg_watcher *w, unsigned long timeout_ms)
+{
+	long ret;
+
+	if (sg_watcher_outdated(w))
+		return -EINTR;
+	if (timeout_ms == 0) {
+		ret = wait_event_interruptible(sg.outdated_wq, sg_wait_done(w));
+		if (ret)
+			return -EINTR;
+	} else {
+		ret = wait_event_interruptible_timeout(sg.outdated_wq,
+				sg_wait_done(w),
+				msecs_to_jiffies(min_t(unsigned long, timeout_ms,
+						       UINT_MAX)));
+		if (ret < 0)
+			return -EINTR;
+		if (ret == 0 && !sg_wait_done(w))
+			return sg_is_v8() ? -ETIME : -EINTR;
+	}
+	return sg_watcher_outdated(w) ? -EINTR : 0;
+}
+
+static long sg_set_tracking(struct sg_watcher *w, unsigned long on)
+{
+	unsigned long flags;
+	bool wake = false;
+
+	if (on > 1)
+		return -EINVAL;
+	spin_lock_irqsave(&sg.lock, flags);
+	if (w->tracked != !!on) {
+		w->tracked = on;
+		if (sg_watcher_outdated_locked(w)) {
+			if (on) {
+				sg.outdated++;
+			} else {
+				sg.outdated--;
+				wake = sg.outdated == 0;
+			}
+		}
+	}
+	spin_unlock_irqrestore(&sg.lock, flags);
+	if (wake)
+		wake_up_interruptible_all(&sg.outdated_wq);
+	return 0;
+}
+
+static long sg_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct sg_watcher *w = file->private_data;
+	unsigned long flags;
+	long count;
+
+	if (sg_is_v8()) {
+		switch (cmd) {
+		case SYSGENID_V8_SET_WATCHER_TRACKING:
+			return sg_set_tracking(w, arg);
+		case SYSGENID_V8_WAIT_WATCHERS:
+			return sg_wait_watchers(w, arg);
+		case SYSGENID_V8_TRIGGER_GEN_UPDATE:
+			break;
+		default:
+			return -EINVAL;
+		}
+	} else {
+		switch (cmd) {
+		case SYSGENID_GET_OUTDATED_WATCHERS:
+			spin_lock_irqsave(&sg.lock, flags);
+			count = sg.outdated;
+			spin_unlock_irqrestore(&sg.lock, flags);
+			return count;
+		case SYSGENID_WAIT_WATCHERS:
+			return sg_wait_watchers(w, arg);
+		case SYSGENID_FORCE_GEN_UPDATE:
+			break;
+		default:
+			return -EINVAL;
+		}
+	}
+	/* FORCE_GEN_UPDATE / TRIGGER_GEN_UPDATE, in the caller's user namespace */
+	if (!checkpoint_restore_ns_capable(current_user_ns()))
+		return -EACCES;
+	sg_bump((u32)arg);
+	return 0;
+}
+
+static int sg_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	unsigned long size = vma->vm_end - vma->vm_start;
+
+	if (vma->vm_pgoff != 0 || size > PAGE_SIZE)
+		return -EINVAL;
+	if (vma->vm_flags & VM_WRITE)
+		return -EPERM;
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	/* no later mprotect(PROT_WRITE) either */
+	sg_vm_flags_clear(vma, VM_MAYWRITE);
+	sg_vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP);
+	return remap_pfn_range(vma, vma->vm_start,
+			       page_to_pfn(virt_to_page(sg.page)),
+			       PAGE_SIZE, vma->vm_page_prot);
+}
+
+static const struct file_operations sg_fops = {
+	.owner		= THIS_MODULE,
+	.open		= sg_open,
+	.release	= sg_release,
+	.read		= sg_read,
+	.write		= sg_write,
+	.poll		= sg_poll,
+	.unlocked_ioctl	= sg_ioctl,
+	.compat_ioctl	= compat_ptr_ioctl,
+	.mmap		= sg_mmap,
+	.llseek		= no_llseek,
+};
+
+static struct miscdevice sg_misc = {
+	.minor	= MISC_DYNAMIC_MINOR,
+	.name	= "sysgenid",
+	.fops	= &sg_fops,
+	.mode	= 0666,
+};
+
+static int __init sg_init(void)
+{
+	int ret;
+
+	if (abi != 4 && abi != 8) {
+		pr_err("sysgenid: abi=%d is not 4 or 8\n", abi);
+		return -EINVAL;
+	}
+	sg.page = (u32 *)get_zeroed_page(GFP_KERNEL);
+	if (!sg.page)
+		return -ENOMEM;
+	spin_lock_init(&sg.lock);
+	INIT_LIST_HEAD(&sg.watchers);
+	sg.outdated = 0;
+	init_waitqueue_head(&sg.change_wq);
+	init_waitqueue_head(&sg.outdated_wq);
+
+	ret = misc_register(&sg_misc);
+	if (ret) {
+		free_page((unsigned long)sg.page);
+		return ret;
+	}
+	pr_info("sysgenid: /dev/%s ready, abi v%d\n", sg_misc.name, abi);
+	return 0;
+}
+
+static void __exit sg_exit(void)
+{
+	misc_deregister(&sg_misc);
+	free_page((unsigned long)sg.page);
+	pr_info("sysgenid: unloaded\n");
+}
+
+module_init(sg_init);
+module_exit(sg_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("System Generation ID device (v4 and v8 ABIs)");
+MODULE_VERSION("0.1.0");

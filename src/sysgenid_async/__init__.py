@@ -1,0 +1,56 @@
+"""sysgenid-async: follow the Linux System Generation ID device (/dev/sysgenid) from async code.
+
+    from sysgenid_async import watch
+
+    async for generation in watch():
+        reseed_and_rebuild()        # acknowledged once this body finishes
+
+Layers, bottom up: :mod:`~sysgenid_async.uapi` (ABI constants),
+:mod:`~sysgenid_async.rawfile` (syscalls), :mod:`~sysgenid_async.device` (the fd owner,
+no event loop), :mod:`~sysgenid_async.async_device` and :mod:`~sysgenid_async.watch`
+(anyio), :mod:`~sysgenid_async.blocking` (the blocking twin); at the edges
+:mod:`~sysgenid_async.cli` and :mod:`~sysgenid_async.testing`.
+"""
+
+from ._version import __version__
+from .async_device import AsyncSysGenID, open_sysgenid
+from .blocking import BlockingSysGenID, watch_blocking
+from .device import Device, WaitResult
+from .errors import (
+    AbiMismatchError,
+    DeviceClosedError,
+    DeviceIOError,
+    DeviceNotFoundError,
+    DevicePermissionError,
+    ForkedHandleError,
+    NotASysGenIDDeviceError,
+    StaleGenerationError,
+    SysGenIDError,
+    TriggerPermissionError,
+    UnsupportedByAbiError,
+)
+from .uapi import Abi
+from .watch import watch
+
+__all__ = [
+    "Abi",
+    "AbiMismatchError",
+    "AsyncSysGenID",
+    "BlockingSysGenID",
+    "Device",
+    "DeviceClosedError",
+    "DeviceIOError",
+    "DeviceNotFoundError",
+    "DevicePermissionError",
+    "ForkedHandleError",
+    "NotASysGenIDDeviceError",
+    "StaleGenerationError",
+    "SysGenIDError",
+    "TriggerPermissionError",
+    "UnsupportedByAbiError",
+    "WaitResult",
+    "__version__",
+    "open_sysgenid",
+    "watch",
+    "watch_blocking",
+]

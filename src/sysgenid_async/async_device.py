@@ -1,0 +1,185 @@
+"""The async handle: the device on an event loop, through anyio (asyncio, uvloop, trio).
+
+Readiness comes from the loop's reader (``anyio.wait_readable``); the descriptor is
+registered only while a task waits, and a close first notifies the loop
+(``anyio.notify_closing``), then closes, so no loop ever watches a stale fd number.
+``WAIT_WATCHERS`` blocks in the kernel whatever O_NONBLOCK says, so it runs in a worker
+thread in slices of at most 50 ms: a cancel takes effect when the current slice ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
+from .device import WAIT_SLICE_SECONDS, AbiChoice, Device, WaitResult, validate_timeout
+from .errors import DeviceClosedError
+from .uapi import Abi
+
+__all__ = ["AsyncSysGenID", "open_sysgenid"]
+
+
+class AsyncSysGenID:
+    """An open watcher of the device, for async code. Create with :func:`open_sysgenid`."""
+
+    def __init__(self, device: Device) -> None:
+        self._device = device
+        self._waiter_thread: int | None = None
+        self._waiter_token: anyio.lowlevel.EventLoopToken | None = None
+        self._waiters = 0
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        abi: AbiChoice = "auto",
+        watcher: bool = True,
+    ) -> AsyncSysGenID:
+        """Open without a context manager; pair it with :meth:`aclose`."""
+        return cls(Device.open(path, abi=abi, watcher=watcher))
+
+    @property
+    def device(self) -> Device:
+        """The underlying thin device handle."""
+        return self._device
+
+    @property
+    def path(self) -> str:
+        return self._device.path
+
+    @property
+    def abi(self) -> Abi:
+        return self._device.abi
+
+    @property
+    def closed(self) -> bool:
+        return self._device.closed
+
+    @property
+    def generation(self) -> int:
+        """The current generation from the mapped page: one memory read, no syscall."""
+        return self._device.generation
+
+    async def wait_for_change(self) -> int:
+        """Wait until this handle has a generation it has not acknowledged, and return it.
+
+        Returns at once if the handle is already behind. Raises
+        :class:`~sysgenid_async.DeviceClosedError` if the handle is closed meanwhile.
+        """
+        device = self._device
+        while True:
+            generation = device.read_nowait()
+            if generation is not None:
+                return generation
+            with device.using_fd() as fd:
+                self._waiters += 1
+                self._waiter_thread = threading.get_ident()
+                self._waiter_token = anyio.lowlevel.current_token()
+                try:
+                    await anyio.wait_readable(fd)
+                except anyio.ClosedResourceError:
+                    raise DeviceClosedError(f"{device.path}: the handle was closed while waiting") from None
+                finally:
+                    self._waiters -= 1
+
+    def ack(self, generation: int) -> None:
+        """Acknowledge ``generation`` (see :meth:`Device.ack`)."""
+        self._device.ack(generation)
+
+    def outdated_watchers(self) -> int:
+        """How many watchers have not acknowledged (v4 only; v8 raises UnsupportedByAbiError)."""
+        return self._device.outdated_watchers()
+
+    def trigger(self, min_generation: int = 0) -> int:
+        """Force a generation change (privileged); returns the generation afterwards."""
+        return self._device.trigger(min_generation)
+
+    async def wait_watchers(self, timeout: float | None = None) -> WaitResult:
+        """Wait until every watcher has acknowledged the current generation.
+
+        Returns :attr:`WaitResult.CAUGHT_UP`, :attr:`WaitResult.TIMED_OUT` or
+        :attr:`WaitResult.CALLER_OUTDATED` (acknowledge first, then wait again).
+        Cancellable: the worker thread's current slice (<= 50 ms) finishes first.
+        """
+        timeout = validate_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = WAIT_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
+            result = await anyio.to_thread.run_sync(
+                self._device.wait_watchers_slice, min(max(remaining, 0.0), WAIT_SLICE_SECONDS)
+            )
+            if result is not WaitResult.TIMED_OUT:
+                return result
+            if deadline is not None and time.monotonic() >= deadline:
+                return result
+
+    def close(self) -> None:
+        """Close the handle: idempotent; a task waiting on it gets DeviceClosedError.
+
+        Callable from the loop's thread, another thread, or after the loop has gone.
+        """
+        device = self._device
+        if device.closed:
+            return
+        fd = device.fileno()
+        if self._waiters:
+            self._notify_waiters(fd)
+        device.close()
+
+    def _notify_waiters(self, fd: int) -> None:
+        if self._waiter_thread == threading.get_ident():
+            with contextlib.suppress(RuntimeError, LookupError):
+                anyio.notify_closing(fd)
+            return
+        token = self._waiter_token
+        if token is None:
+            return
+        # From another thread: let the loop drop its reader before the fd is closed.
+        # If that loop is closed there is no reader left to drop.
+        with contextlib.suppress(RuntimeError):
+            anyio.from_thread.run_sync(anyio.notify_closing, fd, token=token)
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> AsyncSysGenID:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncSysGenID {self._device!r}>"
+
+
+@contextlib.asynccontextmanager
+async def open_sysgenid(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    abi: AbiChoice = "auto",
+    watcher: bool = True,
+) -> AsyncIterator[AsyncSysGenID]:
+    """Open the device for async use; closed when the block ends.
+
+    ``path`` defaults to ``$SYSGENID_DEVICE``, then ``/dev/sysgenid``. ``abi`` is
+    ``"auto"`` (probe), ``"v4"`` or ``"v8"``. ``watcher=False`` is for probe-only use
+    (on v8 the handle does not enable tracking; on v4 every open file is a watcher).
+    """
+    handle = AsyncSysGenID.open(path, abi=abi, watcher=watcher)
+    try:
+        yield handle
+    finally:
+        handle.close()

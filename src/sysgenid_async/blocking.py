@@ -1,0 +1,179 @@
+"""The blocking twin of the async handle, for threads and code without an event loop.
+
+Same semantics; waits use ``select.poll`` with timeouts, plus an eventfd so that a
+close from another thread wakes a waiting thread at once. Nothing busy-waits.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import time
+from collections.abc import Iterator
+from types import TracebackType
+
+from .device import AbiChoice, Device, WaitResult, validate_timeout
+from .errors import DeviceClosedError, StaleGenerationError
+from .uapi import Abi
+
+__all__ = ["BlockingSysGenID", "watch_blocking"]
+
+
+class BlockingSysGenID:
+    """An open watcher of the device, for blocking code. A context manager."""
+
+    def __init__(self, device: Device) -> None:
+        self._device = device
+        self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        abi: AbiChoice = "auto",
+        watcher: bool = True,
+    ) -> BlockingSysGenID:
+        device = Device.open(path, abi=abi, watcher=watcher)
+        try:
+            return cls(device)
+        except BaseException:
+            device.close()
+            raise
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def path(self) -> str:
+        return self._device.path
+
+    @property
+    def abi(self) -> Abi:
+        return self._device.abi
+
+    @property
+    def closed(self) -> bool:
+        return self._device.closed
+
+    @property
+    def generation(self) -> int:
+        """The current generation from the mapped page: no syscall."""
+        return self._device.generation
+
+    def wait_for_change(self, timeout: float | None = None) -> int | None:
+        """Block until this handle has an unacknowledged generation; None on timeout."""
+        timeout = validate_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        device = self._device
+        while True:
+            generation = device.read_nowait()
+            if generation is not None:
+                return generation
+            if deadline is None:
+                wait_ms = -1
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                wait_ms = math.ceil(remaining * 1000)
+            with device.using_fd() as fd:
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                poller.register(self._wakeup, select.POLLIN)
+                events = poller.poll(wait_ms)
+            if any(ready_fd == self._wakeup for ready_fd, _ in events):
+                raise DeviceClosedError(f"{device.path}: the handle was closed while waiting")
+
+    def ack(self, generation: int) -> None:
+        self._device.ack(generation)
+
+    def outdated_watchers(self) -> int:
+        return self._device.outdated_watchers()
+
+    def trigger(self, min_generation: int = 0) -> int:
+        return self._device.trigger(min_generation)
+
+    def wait_watchers(self, timeout: float | None = None) -> WaitResult:
+        """Block until every watcher has acknowledged (see :meth:`Device.wait_watchers`)."""
+        return self._device.wait_watchers(timeout)
+
+    def close(self) -> None:
+        """Idempotent; a thread blocked in :meth:`wait_for_change` gets DeviceClosedError."""
+        if self._device.closed:
+            return
+        self._device.close()
+        os.eventfd_write(self._wakeup, 1)
+        # The wakeup fd stays open until the object goes: a waiter may still be polling it.
+
+    def __del__(self) -> None:
+        wakeup = getattr(self, "_wakeup", -1)
+        if wakeup >= 0:
+            os.close(wakeup)
+            self._wakeup = -1
+
+    def __enter__(self) -> BlockingSysGenID:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class watch_blocking:  # noqa: N801 - used like a function
+    """The blocking twin of :func:`~sysgenid_async.watch`: ``for gen in watch_blocking(): ...``.
+
+    Acknowledges each generation when the loop body finished without error; changes
+    that pile up coalesce; ``timeout`` ends the iteration when no change comes in time.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        abi: AbiChoice = "auto",
+        timeout: float | None = None,
+    ) -> None:
+        self._timeout = validate_timeout(timeout)
+        self._handle: BlockingSysGenID | None = BlockingSysGenID.open(path, abi=abi)
+        self._pending: int | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        handle = self._handle
+        if handle is None or handle.closed:
+            raise StopIteration
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                handle.ack(pending)
+            except StaleGenerationError:
+                pass
+        try:
+            generation = handle.wait_for_change(self._timeout)
+        except DeviceClosedError:
+            raise StopIteration from None
+        if generation is None:
+            self.close()
+            raise StopIteration
+        self._pending = generation
+        return generation
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def __enter__(self) -> watch_blocking:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self.close()

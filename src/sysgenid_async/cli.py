@@ -1,0 +1,259 @@
+"""The command line: ``sysgenid-async`` and ``python -m sysgenid_async``.
+
+:func:`cli` takes the arguments and returns the exit status, so tests call it directly.
+
+Exit status: 0 success; 1 a device error; 2 usage; 3 ``wait-watchers`` timed out;
+4 no device; 5 permission denied; 6 ``selftest`` found a failure; 7 an ``--exec``
+command failed (its generation is left unacknowledged); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import anyio
+
+from . import __version__
+from .blocking import BlockingSysGenID
+from .device import Device, WaitResult
+from .errors import DeviceNotFoundError, DevicePermissionError, SysGenIDError
+from .selftest import format_table, run_selftest
+from .uapi import Abi
+
+__all__ = ["EXIT_CODES", "cli", "main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TIMED_OUT = 3
+EXIT_NO_DEVICE = 4
+EXIT_PERMISSION = 5
+EXIT_SELFTEST_FAILED = 6
+EXIT_EXEC_FAILED = 7
+EXIT_INTERRUPTED = 130
+
+#: Every exit status and its meaning, as documented.
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_ERROR: "a device error (the message says which)",
+    EXIT_USAGE: "usage error",
+    EXIT_TIMED_OUT: "wait-watchers: timed out with watchers still outdated",
+    EXIT_NO_DEVICE: "the device does not exist",
+    EXIT_PERMISSION: "permission denied (the message names the permission)",
+    EXIT_SELFTEST_FAILED: "selftest: at least one check failed",
+    EXIT_EXEC_FAILED: "watch --exec: the command failed; its generation stays unacknowledged",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _u32(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be in 0..4294967295: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return value
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog="sysgenid-async", description="Follow the system generation ID device.")
+    parser.add_argument("--version", action="version", version=f"sysgenid-async {__version__}")
+    parser.add_argument("--device", metavar="PATH", help="device path (default: $SYSGENID_DEVICE, then /dev/sysgenid)")
+    parser.add_argument("--abi", choices=["auto", "v4", "v8"], default="auto", help="ABI to speak (default: probe)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    status = commands.add_parser("status", help="print the generation, ABI and outdated watchers")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+
+    watch = commands.add_parser("watch", help="print a line per generation change, acknowledging each")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch.add_argument("--no-ack", action="store_true", help="never acknowledge (reopen after each change)")
+    watch.add_argument(
+        "--exec", dest="exec_command", metavar="CMD",
+        help="run CMD (split like a shell would, but run without one) on each change, with "
+        "SYSGENID_GENERATION in its environment; acknowledge only if it exits 0",
+    )
+    watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N changes")
+
+    trigger = commands.add_parser("trigger", help="force a generation change (privileged)")
+    trigger.add_argument("--min", dest="min_generation", type=_u32, default=0, metavar="N",
+                         help="minimum new generation (default 0: current + 1)")
+
+    wait = commands.add_parser("wait-watchers", help="wait until every watcher has acknowledged")
+    wait.add_argument("--timeout", type=_non_negative_float, metavar="SECONDS", help="give up after SECONDS")
+
+    selftest = commands.add_parser("selftest", help="check that the live device behaves as documented")
+    selftest.add_argument("--allow-trigger", action="store_true", help="also check a forced generation change")
+    selftest.add_argument("--json", action="store_true", help="results as JSON")
+
+    commands.add_parser("demo", help="an end-to-end story on the simulator: watchers, a bump, an orchestrator")
+    return parser
+
+
+def cli(*args: str) -> int:
+    """Run the command line with ``args``; returns the exit status."""
+    try:
+        options = _build_parser().parse_args(args)
+    except _UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    try:
+        return int(_COMMANDS[options.command](options))
+    except DeviceNotFoundError as exc:
+        print(f"sysgenid-async: {exc}", file=sys.stderr)
+        return EXIT_NO_DEVICE
+    except DevicePermissionError as exc:
+        print(f"sysgenid-async: {exc}", file=sys.stderr)
+        return EXIT_PERMISSION
+    except SysGenIDError as exc:
+        print(f"sysgenid-async: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli(*(sys.argv[1:] if argv is None else argv))
+
+
+def _emit(options: argparse.Namespace, record: dict[str, object], text: str) -> None:
+    print(json.dumps(record) if options.json else text, flush=True)
+
+
+def _status(options: argparse.Namespace) -> int:
+    with Device.open(options.device, abi=options.abi, watcher=False) as device:
+        outdated = device.outdated_watchers() if device.abi is Abi.V4 else None
+        record = {"device": device.path, "abi": device.abi.value, "generation": device.generation,
+                  "outdated_watchers": outdated}
+    text = f"device {record['device']}\nabi {record['abi']}\ngeneration {record['generation']}"
+    text += f"\noutdated watchers {outdated}" if outdated is not None else "\noutdated watchers (not counted by v8)"
+    _emit(options, record, text)
+    return EXIT_OK
+
+
+def _watch(options: argparse.Namespace) -> int:
+    command = shlex.split(options.exec_command) if options.exec_command else None
+    if options.exec_command is not None and not command:
+        print("sysgenid-async: --exec needs a command", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run() -> int:
+        from .watch import watch
+
+        seen = 0
+        async with watch(options.device, abi=options.abi, ack=not options.no_ack) as changes:
+            async for generation in changes:
+                _emit(options, {"generation": generation, "time": time.time()}, f"generation {generation}")
+                if command is not None:
+                    env = dict(os.environ, SYSGENID_GENERATION=str(generation))
+                    completed = await anyio.to_thread.run_sync(lambda: subprocess.run(command, env=env).returncode)
+                    if completed != 0:
+                        print(f"sysgenid-async: {shlex.join(command)} exited with {completed}; "
+                              f"generation {generation} left unacknowledged", file=sys.stderr)
+                        return EXIT_EXEC_FAILED
+                seen += 1
+                if options.count is not None and seen >= options.count:
+                    # finish the body, so this last generation is acknowledged too
+                    if not options.no_ack:
+                        changes.handle.ack(generation)
+                    break
+        return EXIT_OK
+
+    try:
+        return anyio.run(run)
+    except FileNotFoundError as exc:
+        if exc.filename is None or isinstance(exc, SysGenIDError):
+            raise
+        print(f"sysgenid-async: --exec: {exc.filename}: command not found", file=sys.stderr)
+        return EXIT_EXEC_FAILED
+
+
+def _trigger(options: argparse.Namespace) -> int:
+    with Device.open(options.device, abi=options.abi, watcher=False) as device:
+        generation = device.trigger(options.min_generation)
+    print(f"generation {generation}")
+    return EXIT_OK
+
+
+def _wait_watchers(options: argparse.Namespace) -> int:
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    with BlockingSysGenID.open(options.device, abi=options.abi, watcher=False) as handle:
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            result = handle.wait_watchers(remaining)
+            if result is WaitResult.CALLER_OUTDATED:
+                # This command has nothing to rebuild: confirm the new generation, wait on.
+                pending = handle.device.read_nowait()
+                if pending is not None:
+                    handle.device.ack(pending)
+                continue
+            break
+    if result is WaitResult.TIMED_OUT:
+        print("timed out: watchers are still outdated", file=sys.stderr)
+        return EXIT_TIMED_OUT
+    print("all watchers caught up")
+    return EXIT_OK
+
+
+def _selftest(options: argparse.Namespace) -> int:
+    results = run_selftest(options.device, allow_trigger=options.allow_trigger)
+    if options.json:
+        print(json.dumps([{"name": r.name, "status": r.status, "detail": r.detail} for r in results], indent=2))
+    else:
+        print(format_table(results))
+    return EXIT_SELFTEST_FAILED if any(r.status == "fail" for r in results) else EXIT_OK
+
+
+def _demo(options: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return anyio.run(run_demo)
+
+
+_COMMANDS = {
+    "status": _status,
+    "watch": _watch,
+    "trigger": _trigger,
+    "wait-watchers": _wait_watchers,
+    "selftest": _selftest,
+    "demo": _demo,
+}

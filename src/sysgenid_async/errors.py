@@ -1,0 +1,146 @@
+"""The exception hierarchy, and the one place where errno values become exceptions.
+
+Every error the library raises derives from :class:`SysGenIDError`. Where a standard
+exception fits, the class derives from it too, so ``except PermissionError`` and
+``except FileNotFoundError`` keep working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterator
+
+__all__ = [
+    "AbiMismatchError",
+    "DeviceClosedError",
+    "DeviceIOError",
+    "DeviceNotFoundError",
+    "DevicePermissionError",
+    "ForkedHandleError",
+    "NotASysGenIDDeviceError",
+    "StaleGenerationError",
+    "SysGenIDError",
+    "TriggerPermissionError",
+    "UnsupportedByAbiError",
+    "map_os_errors",
+]
+
+TRIGGER_CAPABILITIES = "CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN"
+
+
+class SysGenIDError(Exception):
+    """Base class of every error raised by sysgenid-async."""
+
+
+class _OSErrorMessage(OSError):
+    """An OSError whose ``str()`` is its message alone (no ``[Errno N]`` prefix)."""
+
+    def __init__(self, errno_value: int | None, message: str, path: str | None = None) -> None:
+        super().__init__(errno_value, message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class DeviceNotFoundError(SysGenIDError, _OSErrorMessage, FileNotFoundError):
+    """The device node does not exist (or has no driver behind it)."""
+
+
+class DevicePermissionError(SysGenIDError, _OSErrorMessage, PermissionError):
+    """The caller lacks a permission the operation needs; the message names it."""
+
+
+class TriggerPermissionError(DevicePermissionError):
+    """Forcing a generation change needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN."""
+
+
+class NotASysGenIDDeviceError(SysGenIDError, _OSErrorMessage):
+    """The path exists but is not a sysgenid device (a regular file, /dev/null, ...)."""
+
+
+class AbiMismatchError(SysGenIDError):
+    """The ABI forced by the caller is not the one the device speaks."""
+
+
+class UnsupportedByAbiError(SysGenIDError):
+    """The operation does not exist in the ABI this device speaks."""
+
+
+class StaleGenerationError(SysGenIDError, ValueError):
+    """An acknowledgement named a generation that is no longer the current one."""
+
+    def __init__(self, acked: int, current: int) -> None:
+        super().__init__(
+            f"cannot acknowledge generation {acked}: the device has moved on to {current}"
+        )
+        self.acked = acked
+        self.current = current
+
+
+class DeviceClosedError(SysGenIDError):
+    """The handle was closed (possibly by another task while this one waited)."""
+
+
+class ForkedHandleError(SysGenIDError):
+    """A handle opened before ``fork()`` was used in the child.
+
+    The child shares the parent's open file, so acknowledging there would acknowledge
+    for the parent. Open a new handle in the child instead.
+    """
+
+
+class DeviceIOError(SysGenIDError, _OSErrorMessage):
+    """An unexpected error from the device; ``errno`` tells which."""
+
+
+def _device_hint(path: str) -> str:
+    return (
+        f"{path}: no sysgenid device. Load a driver for it (this project's kernel/ module: "
+        f"'insmod sysgenid.ko'), or point SYSGENID_DEVICE or --device at the right path"
+    )
+
+
+@contextlib.contextmanager
+def map_os_errors(operation: str, path: str) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside the block into the library's typed error.
+
+    ``operation`` is one of ``open``, ``read``, ``ack``, ``probe``, ``map``, ``trigger``,
+    ``tracking``, ``wait`` or ``outdated``; it decides what an errno means.
+    """
+    try:
+        yield
+    except SysGenIDError:
+        raise
+    except OSError as exc:
+        raise _translate(exc, operation, path) from exc
+
+
+def _translate(exc: OSError, operation: str, path: str) -> SysGenIDError:
+    code = exc.errno
+    reason = exc.strerror or str(exc)
+    if code == errno.EBADF:
+        return DeviceClosedError(f"{path}: the handle is closed")
+    if operation == "open":
+        if code in (errno.ENOENT, errno.ENXIO, errno.ENODEV):
+            return DeviceNotFoundError(code, _device_hint(path), path)
+        if code in (errno.EACCES, errno.EPERM):
+            return DevicePermissionError(
+                code, f"{path}: permission denied; read and write access to the device is needed", path
+            )
+        if code in (errno.EISDIR, errno.ENOTDIR):
+            return NotASysGenIDDeviceError(code, f"{path}: not a sysgenid device ({reason})", path)
+    if operation == "trigger" and code in (errno.EACCES, errno.EPERM):
+        return TriggerPermissionError(
+            code,
+            f"{path}: forcing a generation change needs {TRIGGER_CAPABILITIES}",
+            path,
+        )
+    if operation in ("probe", "map") and code in (
+        errno.ENOTTY, errno.ENODEV, errno.EINVAL, errno.EACCES, errno.ENOSYS,
+    ):
+        what = "answer the sysgenid query" if operation == "probe" else "map the generation page"
+        return NotASysGenIDDeviceError(code, f"{path}: not a sysgenid device (cannot {what}: {reason})", path)
+    return DeviceIOError(code, f"{path}: {operation} failed: {reason}", path)

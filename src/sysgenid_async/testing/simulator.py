@@ -1,0 +1,263 @@
+"""An in-process sysgenid device with both ABIs' semantics, for fast tests.
+
+Each open file has a real eventfd as its pollable descriptor, readable exactly while
+the file has not acknowledged the current generation, so event-loop code paths run
+as they do on the kernel device. Errors are raised as ``OSError`` with the errno the
+kernel module gives. The conformance suite runs the same tests against this and the
+kernel module, which is what shows that it is faithful.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import sys
+import threading
+from collections.abc import Iterator
+
+from .. import uapi
+from ..rawfile import install_opener, remove_opener
+from ..uapi import Abi
+
+__all__ = ["TRIGGER_CAPABILITIES", "SimulatedDevice", "SimulatedFile"]
+
+#: Either capability allows FORCE_GEN_UPDATE / TRIGGER_GEN_UPDATE.
+TRIGGER_CAPABILITIES = frozenset({"CAP_CHECKPOINT_RESTORE", "CAP_SYS_ADMIN"})
+
+
+def _oserror(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class SimulatedDevice:
+    """The device itself: the generation, its page, and the open files.
+
+    ``capabilities`` are those of every caller; remove both trigger capabilities to
+    simulate an unprivileged process.
+    """
+
+    def __init__(
+        self,
+        abi: Abi | str = Abi.V4,
+        *,
+        generation: int = 0,
+        capabilities: frozenset[str] | set[str] = TRIGGER_CAPABILITIES,
+    ) -> None:
+        self.abi = Abi(abi)
+        self.capabilities = frozenset(capabilities)
+        self._cond = threading.Condition(threading.Lock())
+        self._page = mmap.mmap(-1, uapi.PAGE_SIZE)
+        self._words = memoryview(self._page).cast("I")
+        self._words[0] = generation & uapi.GENERATION_MAX
+        self._files: list[SimulatedFile] = []
+        self._outdated = 0
+
+    # -- what a test observes and drives ---------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return self._words[0]
+
+    @property
+    def outdated_watchers(self) -> int:
+        with self._cond:
+            return self._outdated
+
+    @property
+    def open_files(self) -> int:
+        with self._cond:
+            return len(self._files)
+
+    def bump(self, min_generation: int = 0) -> int:
+        """Change the generation as a restore would: ``max(min, current + 1)`` in u32."""
+        with self._cond:
+            new = max(min_generation & uapi.GENERATION_MAX, (self._words[0] + 1) & uapi.GENERATION_MAX)
+            self._words[0] = new
+            self._outdated = 0
+            for file in self._files:
+                if file.tracked and file.acked != new:
+                    self._outdated += 1
+                file._sync_readiness()
+            self._cond.notify_all()
+            return new
+
+    def open_file(self, *, readonly: bool = False, nonblock: bool = True) -> SimulatedFile:
+        """Open the device, as ``open(2)`` on the node would."""
+        with self._cond:
+            file = SimulatedFile(self, readonly=readonly, nonblock=nonblock)
+            self._files.append(file)
+            return file
+
+    @contextlib.contextmanager
+    def installed(self, path: str = uapi.DEFAULT_DEVICE_PATH, *, set_env: bool = True) -> Iterator[SimulatedDevice]:
+        """Serve opens of ``path`` (and, with ``set_env``, the default path) from this device."""
+        install_opener(path, self.open_file)
+        previous = os.environ.get(uapi.DEVICE_ENV_VAR)
+        if set_env:
+            os.environ[uapi.DEVICE_ENV_VAR] = path
+        try:
+            yield self
+        finally:
+            remove_opener(path, self.open_file)
+            if set_env:
+                if previous is None:
+                    os.environ.pop(uapi.DEVICE_ENV_VAR, None)
+                else:
+                    os.environ[uapi.DEVICE_ENV_VAR] = previous
+
+    # -- the driver side, called by SimulatedFile with self._cond held ---------------
+
+    def _forget(self, file: SimulatedFile) -> None:
+        self._files.remove(file)
+        if file.tracked and file.acked != self._words[0]:
+            self._outdated -= 1
+        self._cond.notify_all()
+
+
+class SimulatedFile:
+    """One open file of a :class:`SimulatedDevice`: the :class:`~sysgenid_async.rawfile.RawFile` interface."""
+
+    def __init__(self, device: SimulatedDevice, *, readonly: bool, nonblock: bool) -> None:
+        self._device = device
+        self._readonly = readonly
+        self._nonblock = nonblock
+        self.acked = device._words[0]
+        self.tracked = device.abi.every_fd_is_a_watcher
+        self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._signalled = False
+        self._closed = False
+
+    # Readiness mirrors state: the eventfd holds 1 exactly while this file is outdated.
+    def _sync_readiness(self) -> None:
+        outdated = self.acked != self._device._words[0]
+        if outdated and not self._signalled:
+            os.eventfd_write(self._eventfd, 1)
+            self._signalled = True
+        elif not outdated and self._signalled:
+            os.eventfd_read(self._eventfd)
+            self._signalled = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _oserror(errno.EBADF)
+
+    def _outdated(self) -> bool:
+        return self.acked != self._device._words[0]
+
+    def fileno(self) -> int:
+        return self._eventfd if not self._closed else -1
+
+    def read(self, size: int) -> bytes:
+        dev = self._device
+        with dev._cond:
+            self._check_open()
+            if size == 0:
+                return b""
+            if size < uapi.GENERATION_SIZE:
+                raise _oserror(errno.EINVAL)
+            while not self._outdated():
+                if self._nonblock:
+                    raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+                dev._cond.wait()
+                self._check_open()
+            return dev._words[0].to_bytes(uapi.GENERATION_SIZE, sys.byteorder)
+
+    def write(self, data: bytes) -> int:
+        dev = self._device
+        with dev._cond:
+            self._check_open()
+            if self._readonly:
+                raise _oserror(errno.EBADF)
+            if len(data) != uapi.GENERATION_SIZE:
+                raise _oserror(errno.ENOBUFS if dev.abi is Abi.V8 else errno.EINVAL)
+            value = int.from_bytes(data, sys.byteorder)
+            if value != dev._words[0]:
+                raise _oserror(errno.EINVAL)
+            if self.acked != value:
+                self.acked = value
+                if self.tracked:
+                    dev._outdated -= 1
+                self._sync_readiness()
+                dev._cond.notify_all()
+            return len(data)
+
+    def ioctl(self, request: int, arg: int) -> int:
+        dev = self._device
+        if not 0 <= arg < 2**64:
+            raise OverflowError("ioctl argument out of range for unsigned long")
+        self._check_open()
+        if dev.abi is Abi.V4:
+            if request == uapi.SYSGENID_GET_OUTDATED_WATCHERS:
+                return dev.outdated_watchers
+            if request == uapi.SYSGENID_WAIT_WATCHERS:
+                return self._wait_watchers(arg)
+            if request == uapi.SYSGENID_FORCE_GEN_UPDATE:
+                return self._trigger(arg)
+        else:
+            if request == uapi.SYSGENID_V8_SET_WATCHER_TRACKING:
+                return self._set_tracking(arg)
+            if request == uapi.SYSGENID_V8_WAIT_WATCHERS:
+                return self._wait_watchers(arg)
+            if request == uapi.SYSGENID_V8_TRIGGER_GEN_UPDATE:
+                return self._trigger(arg)
+        raise _oserror(errno.EINVAL)
+
+    def _trigger(self, arg: int) -> int:
+        if not self._device.capabilities & TRIGGER_CAPABILITIES:
+            raise _oserror(errno.EACCES)
+        self._device.bump(arg & uapi.GENERATION_MAX)
+        return 0
+
+    def _set_tracking(self, arg: int) -> int:
+        dev = self._device
+        if arg > 1:
+            raise _oserror(errno.EINVAL)
+        with dev._cond:
+            if self.tracked != bool(arg):
+                self.tracked = bool(arg)
+                if self._outdated():
+                    dev._outdated += 1 if arg else -1
+                dev._cond.notify_all()
+        return 0
+
+    def _wait_watchers(self, timeout_ms: int) -> int:
+        dev = self._device
+        with dev._cond:
+            if self._outdated():
+                raise _oserror(errno.EINTR)
+            done = dev._cond.wait_for(
+                lambda: self._closed or dev._outdated == 0 or self._outdated(),
+                None if timeout_ms == 0 else timeout_ms / 1000,
+            )
+            self._check_open()
+            if self._outdated():
+                raise _oserror(errno.EINTR)
+            if not done:
+                raise _oserror(errno.ETIME if dev.abi is Abi.V8 else errno.EINTR)
+            return 0
+
+    def map_page(
+        self, length: int = uapi.PAGE_SIZE, *, writable: bool = False, shared: bool = True, offset: int = 0
+    ) -> memoryview:
+        self._check_open()
+        if offset != 0 or not 0 < length <= uapi.PAGE_SIZE:
+            raise _oserror(errno.EINVAL)
+        if writable:
+            raise _oserror(errno.EPERM)
+        if not shared:
+            raise _oserror(errno.EINVAL)
+        return memoryview(self._device._page)[:length].toreadonly()
+
+    def is_character_device(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        dev = self._device
+        with dev._cond:
+            if self._closed:
+                return
+            self._closed = True
+            dev._forget(self)
+        os.close(self._eventfd)
