@@ -346,7 +346,8 @@ static int sg_mmap(struct file *file, struct vm_area_struct *vma)
 		return -EINVAL;
 	if (vma->vm_flags & VM_WRITE)
 		return -EPERM;
-	if (!(vma->vm_flags & VM_SHARED))
+	/* MAP_SHARED only; VM_SHARED itself is cleared for read-only files */
+	if (!(vma->vm_flags & VM_MAYSHARE))
 		return -EINVAL;
 	/* no later mprotect(PROT_WRITE) either */
 	sg_vm_flags_clear(vma, VM_MAYWRITE);

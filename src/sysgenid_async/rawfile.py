@@ -136,7 +136,7 @@ def install_opener(path: str, opener: Opener) -> None:
 
 def remove_opener(path: str, opener: Opener) -> None:
     with _openers_lock:
-        if _openers.get(path) is opener:
+        if _openers.get(path) == opener:
             del _openers[path]
 
 

@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""Run the device test suite inside a QEMU guest, against a real /dev/sysgenid.
+
+One command does the whole job (``nox -s kernel`` calls it):
+
+1. install the Debian packages it needs when they are missing;
+2. build the sysgenid module (warnings are errors) and a stage-1 initramfs;
+3. boot Debian's cloud kernel under QEMU (TCG), the host root shared read-only over
+   virtiofs and a fresh report directory shared writable;
+4. in the guest, one pytest process runs the device tests against the module, loading
+   it once per ABI;
+5. bring back the JUnit report and the exit status; fail on a boot failure, a timeout,
+   or a kernel warning or oops in the guest's log.
+
+QEMU and virtiofsd run under our control and are killed by PID, whatever happens.
+Standard library only: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent.parent
+MODULE_SOURCE = HERE.parent
+APT_PACKAGES = [
+    "qemu-system-x86",
+    "linux-image-cloud-amd64",
+    "linux-headers-cloud-amd64",
+    "klibc-utils",
+    "cpio",
+    "kmod",
+    "util-linux",
+]
+VIRTIOFSD_CANDIDATES = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
+# What the guest's kernel log must never show.
+KERNEL_TROUBLE = re.compile(
+    r"(Oops|BUG:|WARNING:|general protection fault|Call Trace:|Kernel panic|"
+    r"UBSAN:|KASAN:|refcount_t:|list_(add|del) corruption)",
+    re.IGNORECASE,
+)
+
+
+def log(message: str) -> None:
+    print(f"[guest] {message}", flush=True)
+
+
+def ensure_packages() -> None:
+    missing = []
+    for package in APT_PACKAGES:
+        status = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False
+        )
+        if "install ok installed" not in status.stdout:
+            missing.append(package)
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"[guest] missing packages {' '.join(missing)}; install them as root")
+    log(f"installing {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env
+    )
+
+
+def find_kernel() -> str:
+    modules = Path("/lib/modules")
+    releases = sorted(
+        p.name for p in modules.iterdir() if p.name.endswith("-cloud-amd64") and (p / "build").exists()
+    ) if modules.exists() else []
+    for release in reversed(releases):
+        if Path(f"/boot/vmlinuz-{release}").exists():
+            return release
+    sys.exit("[guest] no Debian cloud kernel with headers (linux-image-cloud-amd64, linux-headers-cloud-amd64)")
+
+
+def build_module(source: Path, kver: str, build_dir: Path) -> Path:
+    """Build a module from a directory with a Kbuild file; warnings fail the build."""
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    shutil.copytree(source, build_dir, ignore=shutil.ignore_patterns("vm", "*.o", "*.ko", ".*.cmd", "dkms*"))
+    result = subprocess.run(
+        ["make", "-C", f"/lib/modules/{kver}/build", f"M={build_dir}", "W=1", "modules"],
+        capture_output=True, text=True, check=False,
+    )
+    output = result.stdout + result.stderr
+    (build_dir / "build.log").write_text(output)
+    warnings = [line for line in output.splitlines() if "warning:" in line or "error:" in line]
+    if result.returncode != 0 or warnings:
+        print(output, file=sys.stderr)
+        sys.exit(f"[guest] module build failed ({len(warnings)} warnings/errors)")
+    built = sorted(build_dir.glob("*.ko"))
+    if len(built) != 1:
+        sys.exit(f"[guest] expected one .ko in {build_dir}, found {[p.name for p in built]}")
+    log(f"built {built[0].name} for {kver} with W=1: no warnings")
+    return built[0]
+
+
+def resolve_module(spec: str | None, kver: str, work: Path) -> Path:
+    if spec is None:
+        return build_module(MODULE_SOURCE, kver, work / "module")
+    path = Path(spec).resolve()
+    if path.is_file() and path.suffix == ".ko":
+        return path
+    if path.is_dir() and (path / "Kbuild").exists() or (path / "Makefile").exists():
+        return build_module(path, kver, work / "module")
+    sys.exit(f"[guest] --module {spec}: not a .ko file or a source directory with a Kbuild file")
+
+
+def guest_job(args: argparse.Namespace, module: Path, out: Path) -> str:
+    """The script the guest runs, as root, from the project directory."""
+    pytest_args = [
+        "-m", "pytest", "-p", "no:cacheprovider", "-m", "device",
+        "--device-backends=kernel",
+        f"--kernel-module={module}",
+        f"--kernel-abis={args.abi}",
+        f"--junitxml={out / 'junit.xml'}",
+        "-o", "junit_suite_name=kernel-device",
+        *(["--kernel-no-abi-param"] if args.no_abi_param else []),
+        *args.pytest_args,
+    ]
+    return "\n".join([
+        "set -u",
+        f"cd {shlex.quote(str(PROJECT))}",
+        "export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
+        "echo 7 > /proc/sys/kernel/printk",
+        f"{shlex.quote(args.python)} {shlex.join(pytest_args)}",
+        "rc=$?",
+        f"dmesg > {shlex.quote(str(out / 'dmesg.txt'))}",
+        "exit $rc",
+        "",
+    ])
+
+
+class Guest:
+    """QEMU and virtiofsd processes that this run started, and only those."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start_virtiofsd(self, binary: str, tag: str, source: Path, run_dir: Path, cache: str) -> Path:
+        socket = run_dir / f"{tag}.sock"
+        log_file = open(run_dir / f"virtiofsd-{tag}.log", "wb")  # noqa: SIM115 - lives with the process
+        process = subprocess.Popen(
+            [binary, f"--socket-path={socket}", "-o", f"source={source}", "-o", f"cache={cache}",
+             # the default namespace sandbox fails here with "pivot_root ... EBUSY"
+             "-o", "sandbox=chroot", "-o", "log_level=warn"],
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.processes.append(process)
+        for _ in range(500):
+            if socket.exists():
+                return socket
+            if process.poll() is not None:
+                break
+            time.sleep(0.02)
+        sys.exit(f"[guest] virtiofsd for {tag} did not start: {(run_dir / f'virtiofsd-{tag}.log').read_text()}")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def boot(args: argparse.Namespace, kver: str, initrd: Path, out: Path, run_dir: Path) -> tuple[int, float]:
+    virtiofsd = next((c for c in VIRTIOFSD_CANDIDATES if os.access(c, os.X_OK)), shutil.which("virtiofsd"))
+    if virtiofsd is None:
+        sys.exit("[guest] no virtiofsd (package qemu-system-common)")
+    guest = Guest()
+    console_path = out / "console.log"
+    try:
+        root_socket = guest.start_virtiofsd(virtiofsd, "hostroot", Path("/"), run_dir, "always")
+        out_socket = guest.start_virtiofsd(virtiofsd, "hostout", out, run_dir, "auto")
+        keep = [str(p) for p in {PROJECT, Path(args.python).resolve().parent} if str(p).startswith("/tmp/")]
+        append = (
+            f"console=ttyS0 panic=-1 loglevel=4 vmrun={HERE / 'stage2.sh'} vmroot=hostroot vmout={out}"
+            + (f" vmkeep={','.join(keep)}" if keep else "")
+        )
+        qemu = [
+            "qemu-system-x86_64", "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
+            "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", str(args.smp), "-m", f"{args.memory}",
+            "-object", f"memory-backend-memfd,id=mem,size={args.memory}M,share=on", "-numa", "node,memdev=mem",
+            "-serial", "stdio", "-kernel", f"/boot/vmlinuz-{kver}", "-initrd", str(initrd),
+            "-chardev", f"socket,id=croot,path={root_socket}",
+            "-device", "vhost-user-fs-pci,chardev=croot,tag=hostroot",
+            "-chardev", f"socket,id=cout,path={out_socket}",
+            "-device", "vhost-user-fs-pci,chardev=cout,tag=hostout",
+            "-append", append,
+        ]
+        (run_dir / "qemu-cmdline.txt").write_text(shlex.join(qemu) + "\n")
+        started = time.monotonic()
+        with open(console_path, "wb") as console:
+            process = subprocess.Popen(
+                qemu, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            guest.processes.append(process)
+            assert process.stdout is not None
+            deadline = started + args.timeout
+            os.set_blocking(process.stdout.fileno(), False)
+            timed_out = False
+            while True:
+                chunk = process.stdout.read()
+                if chunk:
+                    console.write(chunk)
+                    console.flush()
+                    if args.verbose:
+                        sys.stdout.buffer.write(chunk)
+                        sys.stdout.flush()
+                if process.poll() is not None:
+                    rest = process.stdout.read()
+                    if rest:
+                        console.write(rest)
+                        if args.verbose:
+                            sys.stdout.buffer.write(rest)
+                    break
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        if timed_out:
+            log(f"TIMEOUT after {args.timeout} s; the guest's console is in {console_path}")
+            return 124, elapsed
+        return process.returncode or 0, elapsed
+    finally:
+        guest.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--module", help="a built .ko, or a source directory with a Kbuild file (default: kernel/)")
+    parser.add_argument("--abi", default="v4,v8",
+                        help="ABIs to test, comma-separated (default v4,v8); for a driver with one ABI, name it")
+    parser.add_argument("--no-abi-param", action="store_true", help="the module has no abi= load parameter")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter to run pytest with in the guest")
+    parser.add_argument("--out", type=Path, help="report directory (default: a fresh one under build/guest)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before the guest is killed")
+    parser.add_argument("--memory", type=int, default=1024, help="guest memory in MiB")
+    parser.add_argument("--smp", type=int, default=2)
+    parser.add_argument("--no-install", action="store_true", help="do not install missing Debian packages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="echo the guest's console")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    if not args.no_install:
+        ensure_packages()
+    kver = find_kernel()
+    work = PROJECT / "build" / "guest"
+    out = (args.out or work / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    run_dir = out / "run"
+    run_dir.mkdir()
+    module = resolve_module(args.module, kver, work / f"build-{kver}")
+    initrd = work / f"initrd-{kver}.cpio.gz"
+    if not initrd.exists():
+        subprocess.run([str(HERE / "mkinitramfs.sh"), kver, str(initrd)], check=True)
+    (out / "job.sh").write_text(guest_job(args, module, out))
+    log(f"booting {kver} under QEMU (TCG); reports in {out}")
+    qemu_status, elapsed = boot(args, kver, initrd, out, run_dir)
+
+    console = (out / "console.log").read_text(errors="replace")
+    dmesg_path = out / "dmesg.txt"
+    kernel_log = dmesg_path.read_text(errors="replace") if dmesg_path.exists() else console
+    trouble = [line for line in kernel_log.splitlines() if KERNEL_TROUBLE.search(line)]
+    exit_file = out / "exit_code"
+    job_status = int(exit_file.read_text().strip()) if exit_file.exists() else None
+
+    junit = out / "junit.xml"
+    log(f"guest part took {elapsed:.1f} s (QEMU start to exit); whole run {time.monotonic() - started:.1f} s")
+    log(f"JUnit report: {junit if junit.exists() else 'missing'}")
+    if qemu_status == 124:
+        return 124
+    if job_status is None:
+        print(console[-4000:], file=sys.stderr)
+        log("FAILED: the guest did not report an exit status (boot failure?)")
+        return 99
+    if trouble:
+        log("FAILED: the guest's kernel log shows trouble:")
+        for line in trouble:
+            print(f"    {line}", file=sys.stderr)
+        return 98
+    if job_status != 0:
+        log(f"FAILED: the device tests exited with {job_status}")
+        return job_status
+    log("device tests passed in the guest; kernel log clean")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

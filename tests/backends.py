@@ -1,0 +1,293 @@
+"""The devices the suite runs against: the simulator (v4, v8) and the kernel module (v4, v8).
+
+A test takes the ``backend`` fixture and speaks to ``backend.path`` (through the
+library) or ``backend.open_raw()`` (raw syscalls). Everything a test needs that is
+not the device's own interface (a privileged bump, a watcher in another process, an
+unprivileged caller) goes through the backend, so one test function runs unchanged
+on every backend: that is what proves the simulator faithful.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from sysgenid_async import uapi
+from sysgenid_async.rawfile import KernelFile, RawFile
+from sysgenid_async.testing import TRIGGER_CAPABILITIES, SimulatedDevice, SimulatedFile
+from sysgenid_async.uapi import Abi
+
+HERE = Path(__file__).resolve().parent
+SIM_PATH = "/dev/sysgenid-simulated"
+KERNEL_PATH = "/dev/sysgenid"
+NOBODY = 65534
+
+
+class Peer(Protocol):
+    """A watcher held by another process."""
+
+    def read(self) -> int | None: ...
+
+    def ack(self) -> int | None: ...
+
+    def track(self, on: bool) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    abi: Abi
+    path: str
+    kernel: bool
+
+    def open_raw(self, *, readonly: bool = False, nonblock: bool = True) -> RawFile: ...
+
+    def bump(self, min_generation: int = 0) -> int: ...
+
+    @property
+    def generation(self) -> int: ...
+
+    def open_files(self) -> int: ...
+
+    def peer(self, *, track: bool = True) -> Peer: ...
+
+    def trigger_with(self, capabilities: frozenset[str], min_generation: int = 0) -> int:
+        """Trigger as a caller holding only ``capabilities``; returns 0 or the errno."""
+
+    def run_unprivileged(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run the CLI as a caller without the trigger capabilities."""
+
+
+# -- the simulator ------------------------------------------------------------------------
+
+
+class SimPeer:
+    def __init__(self, file: SimulatedFile, track: bool) -> None:
+        self._file = file
+        if track and file._device.abi is Abi.V8:
+            file.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 1)
+
+    def read(self) -> int | None:
+        try:
+            return int.from_bytes(self._file.read(4), sys.byteorder)
+        except BlockingIOError:
+            return None
+
+    def ack(self) -> int | None:
+        value = self.read()
+        if value is not None:
+            self._file.write(value.to_bytes(4, sys.byteorder))
+        return value
+
+    def track(self, on: bool) -> None:
+        self._file.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, int(on))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SimBackend:
+    kernel = False
+
+    def __init__(self, abi: Abi) -> None:
+        self.abi = abi
+        self.name = f"sim-{abi.value}"
+        self.path = SIM_PATH
+        self.sim = SimulatedDevice(abi)
+
+    def open_raw(self, *, readonly: bool = False, nonblock: bool = True) -> RawFile:
+        return self.sim.open_file(readonly=readonly, nonblock=nonblock)
+
+    def bump(self, min_generation: int = 0) -> int:
+        return self.sim.bump(min_generation)
+
+    @property
+    def generation(self) -> int:
+        return self.sim.generation
+
+    def open_files(self) -> int:
+        return self.sim.open_files
+
+    def peer(self, *, track: bool = True) -> Peer:
+        return SimPeer(self.sim.open_file(), track)
+
+    def trigger_with(self, capabilities: frozenset[str], min_generation: int = 0) -> int:
+        saved = self.sim.capabilities
+        self.sim.capabilities = capabilities
+        file = self.sim.open_file()
+        try:
+            file.ioctl(self.abi.trigger_request, min_generation)
+        except OSError as exc:
+            return exc.errno or -1
+        finally:
+            file.close()
+            self.sim.capabilities = saved
+        return 0
+
+    def run_unprivileged(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        # The simulator lives in this process: run the CLI here, with no capabilities.
+        import contextlib
+        import io
+
+        from sysgenid_async.cli import cli
+
+        saved = self.sim.capabilities
+        self.sim.capabilities = frozenset()
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                status = cli("--device", self.path, *args)
+        finally:
+            self.sim.capabilities = saved
+        return subprocess.CompletedProcess(args, status, out.getvalue(), err.getvalue())
+
+    def installed(self) -> Iterator[SimBackend]:
+        with self.sim.installed(self.path, set_env=False):
+            yield self
+
+
+# -- the kernel module --------------------------------------------------------------------
+
+
+class KernelPeer:
+    def __init__(self, path: str, track: bool) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", str(HERE / "peer_process.py"), path, *(["track"] if track else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self._ask(None) == "ready"
+
+    def _ask(self, command: str | None) -> str:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        if command is not None:
+            self._process.stdin.write(command + "\n")
+            self._process.stdin.flush()
+        line = self._process.stdout.readline().strip()
+        if not line:
+            raise RuntimeError(f"peer process died (exit {self._process.wait()})")
+        return line
+
+    def read(self) -> int | None:
+        answer = self._ask("read")
+        return None if answer == "none" else int(answer)
+
+    def ack(self) -> int | None:
+        answer = self._ask("ack")
+        return None if answer == "none" else int(answer.split()[1])
+
+    def track(self, on: bool) -> None:
+        assert self._ask(f"track {int(on)}") == "ok"
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            assert self._process.stdin is not None
+            self._process.stdin.write("quit\n")
+            self._process.stdin.close()
+            self._process.wait(30)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+
+_CAPS = {"CAP_CHECKPOINT_RESTORE": "checkpoint_restore", "CAP_SYS_ADMIN": "sys_admin"}
+
+
+def _setpriv(capabilities: frozenset[str]) -> list[str]:
+    command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    if capabilities:
+        names = ",".join(f"+{_CAPS[c]}" for c in sorted(capabilities))
+        command += [f"--inh-caps={names}", f"--ambient-caps={names}"]
+    return command
+
+
+class KernelBackend:
+    kernel = True
+
+    def __init__(self, abi: Abi, module_name: str = "sysgenid") -> None:
+        self.abi = abi
+        self.name = f"kernel-{abi.value}"
+        self.path = KERNEL_PATH
+        self.module_name = module_name
+
+    def open_raw(self, *, readonly: bool = False, nonblock: bool = True) -> RawFile:
+        return KernelFile.open(self.path, readonly=readonly, nonblock=nonblock)
+
+    def bump(self, min_generation: int = 0) -> int:
+        file = KernelFile.open(self.path)
+        try:
+            file.ioctl(self.abi.trigger_request, min_generation)
+        finally:
+            file.close()
+        return self.generation
+
+    @property
+    def generation(self) -> int:
+        file = KernelFile.open(self.path, readonly=True)
+        try:
+            page = file.map_page()
+            value = int(page.cast("I")[0])
+            page.release()
+            return value
+        finally:
+            file.close()
+
+    def open_files(self) -> int:
+        return int(Path(f"/sys/module/{self.module_name}/refcnt").read_text())
+
+    def peer(self, *, track: bool = True) -> Peer:
+        return KernelPeer(self.path, track and self.abi is Abi.V8)
+
+    def trigger_with(self, capabilities: frozenset[str], min_generation: int = 0) -> int:
+        script = textwrap.dedent(f"""
+            import ctypes, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open({self.path!r}, os.O_RDWR)
+            rc = libc.ioctl(fd, ctypes.c_ulong({self.abi.trigger_request}), ctypes.c_ulong({min_generation}))
+            print(0 if rc == 0 else ctypes.get_errno())
+        """)
+        done = subprocess.run(
+            [*_setpriv(capabilities), sys.executable, "-I", "-c", script],
+            capture_output=True, text=True, check=False, timeout=60,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"unprivileged helper failed: {done.stderr}")
+        return int(done.stdout)
+
+    def run_unprivileged(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*_setpriv(frozenset()), sys.executable, "-m", "sysgenid_async", "--device", self.path, *args],
+            capture_output=True, text=True, check=False, timeout=120,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+        )
+
+
+def load_module(module: str, abi: Abi, *, abi_param: bool) -> str:
+    """insmod the module for ``abi``, unloading any loaded copy; returns its name."""
+    name = subprocess.run(["modinfo", "-F", "name", module], capture_output=True, text=True, check=True).stdout.strip()
+    name = name or Path(module).stem
+    if Path(f"/sys/module/{name}").exists():
+        subprocess.run(["rmmod", name], check=True)
+    params = [f"abi={abi.value[1:]}"] if abi_param else []
+    subprocess.run(["insmod", module, *params], check=True)
+    if not Path(KERNEL_PATH).exists():
+        raise RuntimeError(f"insmod {module} created no {KERNEL_PATH}")
+    return name
+
+
+def unload_module(name: str) -> None:
+    subprocess.run(["rmmod", name], check=True)
+
+
+def errno_name(code: int) -> str:
+    return errno.errorcode.get(code, str(code))
+
+
+__all__ = [
+    "TRIGGER_CAPABILITIES", "Backend", "KernelBackend", "Peer", "SimBackend", "load_module", "unload_module",
+]
