@@ -12,6 +12,8 @@ explicitly, which is the idiom for other interpreters.
 from __future__ import annotations
 
 import os
+
+import anyio
 from types import TracebackType
 
 from .async_device import AsyncSysGenID
@@ -32,6 +34,10 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
     - ``ack=False`` never acknowledges: the device is reopened after each change, so
       this watcher never holds an orchestrator back, but never counts as caught up.
     - :meth:`aclose` (from another task or thread too) ends the iteration.
+
+    The device is opened by the call itself (so a missing device raises here), and
+    every change from then on is reported. A cancel that reaches the iteration closes
+    the watch: a cancelled iteration does not resume.
     """
 
     def __init__(
@@ -46,14 +52,15 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
         self._path = path
         self._abi = abi
         self._ack = ack
-        self._handle: AsyncSysGenID | None = None
         self._pending: int | None = None
         self._last_reported: int | None = None
         self._closed = False
+        # Opened now, so that every change from this call on is seen.
+        self._handle: AsyncSysGenID | None = AsyncSysGenID.open(path, abi=abi, watcher=ack)
 
     @property
     def handle(self) -> AsyncSysGenID:
-        """The open handle (opened on first use)."""
+        """The open handle."""
         if self._handle is None:
             if self._closed:
                 raise DeviceClosedError("this watch() has been closed")
@@ -73,6 +80,11 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
         except DeviceClosedError:
             if self._closed:
                 raise StopAsyncIteration from None
+            raise
+        except anyio.get_cancelled_exc_class():
+            # The loop around us is being torn down. The event loop may keep the
+            # cancellation's traceback (and so this object) alive for a while: close now.
+            self.close()
             raise
 
     async def _next_acking(self) -> int:
@@ -109,7 +121,6 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
         self.close()
 
     async def __aenter__(self) -> watch:
-        self.handle  # noqa: B018 - open now, so errors surface at the ``async with``
         return self
 
     async def __aexit__(
