@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 
 from .. import uapi
+from ..device import validate_generation
 from ..rawfile import install_opener, remove_opener
 from ..uapi import Abi
 
@@ -72,8 +73,9 @@ class SimulatedDevice:
 
     def bump(self, min_generation: int = 0) -> int:
         """Change the generation as a restore would: ``max(min, current + 1)`` in u32."""
+        validate_generation(min_generation, "min_generation")
         with self._cond:
-            new = max(min_generation & uapi.GENERATION_MAX, (self._words[0] + 1) & uapi.GENERATION_MAX)
+            new = max(min_generation, (self._words[0] + 1) & uapi.GENERATION_MAX)
             self._words[0] = new
             self._outdated = 0
             for file in self._files:
@@ -207,7 +209,7 @@ class SimulatedFile:
     def _trigger(self, arg: int) -> int:
         if not self._device.capabilities & TRIGGER_CAPABILITIES:
             raise _oserror(errno.EACCES)
-        self._device.bump(arg & uapi.GENERATION_MAX)
+        self._device.bump(arg & uapi.GENERATION_MAX)  # the kernel takes the low 32 bits
         return 0
 
     def _set_tracking(self, arg: int) -> int:

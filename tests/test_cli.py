@@ -1,0 +1,154 @@
+"""The command line, called as a function (and once as a real process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backends import Backend
+from sysgenid_async import Device, __version__
+from sysgenid_async.cli import EXIT_CODES, cli
+
+
+@pytest.fixture
+def keep_bumping(backend: Backend) -> Iterator[threading.Event]:
+    """Bump every 50 ms until set: a watcher that starts late still sees a change."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(0.05):
+            backend.bump()
+
+    bumper = threading.Thread(target=run)
+    bumper.start()
+    yield stop
+    stop.set()
+    bumper.join()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("--version") == 0
+    assert capsys.readouterr().out.strip() == f"sysgenid-async {__version__}"
+
+
+def test_as_a_module() -> None:
+    done = subprocess.run([sys.executable, "-m", "sysgenid_async", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and __version__ in done.stdout
+
+
+def test_status(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    new = backend.bump()
+    assert cli("--device", backend.path, "status") == 0
+    text = capsys.readouterr().out
+    assert f"generation {new}" in text and f"abi {backend.abi.value}" in text
+    assert cli("--device", backend.path, "status", "--json") == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["generation"] == new and record["abi"] == backend.abi.value
+    assert record["outdated_watchers"] == (0 if backend.abi.value == "v4" else None)
+
+
+def test_trigger(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    start = backend.generation
+    assert cli("--device", backend.path, "trigger") == 0
+    assert capsys.readouterr().out.strip() == f"generation {(start + 1) % 2**32}"
+    assert cli("--device", backend.path, "trigger", "--min", str(start + 100)) == 0
+    assert backend.generation == start + 100
+
+
+def test_wait_watchers(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("--device", backend.path, "wait-watchers", "--timeout", "1") == 0
+    with Device.open(backend.path) as laggard:
+        new = backend.bump()
+        assert cli("--device", backend.path, "wait-watchers", "--timeout", "0.1") == 3
+        assert "still outdated" in capsys.readouterr().err
+        laggard.ack(new)
+    assert cli("--device", backend.path, "wait-watchers", "--timeout", "5") == 0
+
+
+def test_watch_acknowledges_each_change(
+    backend: Backend, keep_bumping: threading.Event, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("--device", backend.path, "watch", "--count", "2") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("generation ") for line in lines)
+    assert cli("--device", backend.path, "watch", "--count", "1", "--json") == 0
+    record = json.loads(capsys.readouterr().out)
+    assert isinstance(record["generation"], int) and isinstance(record["time"], float)
+    assert cli("--device", backend.path, "watch", "--count", "2", "--no-ack") == 0
+
+
+def test_watch_exec_passes_the_generation_without_a_shell(
+    backend: Backend, keep_bumping: threading.Event, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    record = tmp_path / "generation; touch injected"
+    script = "import os, sys; open(sys.argv[1], 'w').write(os.environ['SYSGENID_GENERATION'])"
+    command = f"{sys.executable} -c \"{script}\" '{record}'"
+    assert cli("--device", backend.path, "watch", "--count", "1", "--exec", command) == 0
+    printed = capsys.readouterr().out.split()[1]
+    assert record.read_text() == printed
+    assert not (tmp_path / "injected").exists()
+
+
+def test_watch_exec_failure_leaves_the_change_unacknowledged(
+    backend: Backend, keep_bumping: threading.Event, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("--device", backend.path, "watch", "--exec", f"{sys.executable} -c 'raise SystemExit(3)'") == 7
+    assert "left unacknowledged" in capsys.readouterr().err
+    assert cli("--device", backend.path, "watch", "--exec", "/nonexistent/command") == 7
+    assert "command not found" in capsys.readouterr().err
+
+
+def test_selftest(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("--device", backend.path, "selftest") == 0
+    table = capsys.readouterr().out
+    assert "FAIL" not in table and "SKIP" in table
+    before = backend.generation
+    assert cli("--device", backend.path, "selftest", "--allow-trigger", "--json") == 0
+    results = json.loads(capsys.readouterr().out)
+    assert {r["status"] for r in results} == {"pass"}
+    assert any(r["name"] == "ABI detected by the v4 query" and r["detail"] == backend.abi.value for r in results)
+    assert backend.generation != before
+
+
+def test_selftest_fails_on_something_that_is_not_the_device(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("--device", "/dev/null", "selftest") == 6
+    assert "FAIL" in capsys.readouterr().out
+    assert cli("--device", "/nonexistent/sysgenid", "selftest") == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["--device", "/nonexistent/sysgenid", "status"], 4, "SYSGENID_DEVICE"),
+        (["--device", "/dev/null", "status"], 1, "not a sysgenid device"),
+        (["trigger", "--min", "-1"], 2, "must be in 0..4294967295"),
+        (["trigger", "--min", str(2**32)], 2, "must be in 0..4294967295"),
+        (["trigger", "--min", "many"], 2, "not an integer"),
+        (["wait-watchers", "--timeout", "-1"], 2, "must be >= 0"),
+        (["wait-watchers", "--timeout", "nan"], 2, "must be >= 0"),
+        (["watch", "--count", "0"], 2, "must be >= 1"),
+        (["watch", "--exec", ""], 2, "needs a command"),
+        (["--abi", "v5", "status"], 2, "invalid choice"),
+        (["frobnicate"], 2, "invalid choice"),
+        ([], 2, "required"),
+    ],
+)
+def test_errors_are_one_line_with_a_documented_status(
+    args: list[str], status: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(*args) == status
+    assert status in EXIT_CODES
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("demo") == 0
+    out = capsys.readouterr().out
+    assert "wait_watchers -> caught-up" in out and "demo complete" in out
