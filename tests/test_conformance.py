@@ -24,9 +24,10 @@ U32_MAX = 2**32 - 1
 
 
 def expect_errno(code: int, action: Callable[[], object]) -> None:
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError) as caught:  # noqa: PT011 - the errno is what is checked
         action()
-    assert caught.value.errno == code, f"expected {errno.errorcode[code]}, got {errno.errorcode.get(caught.value.errno or 0)}"
+    got = errno.errorcode.get(caught.value.errno or 0)
+    assert caught.value.errno == code, f"expected {errno.errorcode[code]}, got {got}"
 
 
 def readable(raw: RawFile, timeout_ms: int = 0) -> bool:
@@ -130,7 +131,9 @@ def test_acknowledging_a_generation_that_is_not_current(backend: Backend, opened
     assert not readable(raw)
 
 
-def test_acknowledging_the_current_generation_again_is_harmless(backend: Backend, opened: Callable[..., RawFile]) -> None:
+def test_acknowledging_the_current_generation_again_is_harmless(
+    backend: Backend, opened: Callable[..., RawFile]
+) -> None:
     raw = opened()
     ack(raw, backend.generation)
     assert not readable(raw)
@@ -247,7 +250,7 @@ def test_trigger_needs_a_capability(backend: Backend) -> None:
     assert backend.generation == (before + 1) & U32_MAX
     assert backend.trigger_with(frozenset({"CAP_SYS_ADMIN"})) == 0
     assert backend.generation == (before + 2) & U32_MAX
-    assert TRIGGER_CAPABILITIES == {"CAP_CHECKPOINT_RESTORE", "CAP_SYS_ADMIN"}
+    assert {"CAP_CHECKPOINT_RESTORE", "CAP_SYS_ADMIN"} == TRIGGER_CAPABILITIES
 
 
 # -- ioctls and the ABI difference table --------------------------------------------------

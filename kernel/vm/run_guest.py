@@ -113,7 +113,7 @@ def resolve_module(spec: str | None, kver: str, work: Path) -> Path:
     path = Path(spec).resolve()
     if path.is_file() and path.suffix == ".ko":
         return path
-    if path.is_dir() and (path / "Kbuild").exists() or (path / "Makefile").exists():
+    if path.is_dir() and ((path / "Kbuild").exists() or (path / "Makefile").exists()):
         return build_module(path, kver, work / "module")
     sys.exit(f"[guest] --module {spec}: not a .ko file or a source directory with a Kbuild file")
 

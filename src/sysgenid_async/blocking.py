@@ -6,6 +6,7 @@ close from another thread wakes a waiting thread at once. Nothing busy-waits.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import select
@@ -150,10 +151,8 @@ class watch_blocking:  # noqa: N801 - used like a function
             raise StopIteration
         pending, self._pending = self._pending, None
         if pending is not None:
-            try:
+            with contextlib.suppress(StaleGenerationError):  # a newer one is pending
                 handle.ack(pending)
-            except StaleGenerationError:
-                pass
         try:
             generation = handle.wait_for_change(self._timeout)
         except DeviceClosedError:

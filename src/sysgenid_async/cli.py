@@ -10,20 +10,21 @@ command failed (its generation is left unacknowledged); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 
 from . import __version__
 from .blocking import BlockingSysGenID
 from .device import Device, WaitResult
-from .errors import DeviceNotFoundError, DevicePermissionError, SysGenIDError
+from .errors import DeviceNotFoundError, DevicePermissionError, StaleGenerationError, SysGenIDError
 from .selftest import format_table, run_selftest
 from .uapi import Abi
 
@@ -51,6 +52,10 @@ EXIT_CODES = {
     EXIT_EXEC_FAILED: "watch --exec: the command failed; its generation stays unacknowledged",
     EXIT_INTERRUPTED: "interrupted",
 }
+
+
+def _run_command(command: list[str], env: dict[str, str]) -> int:
+    return subprocess.run(command, env=env, check=False).returncode
 
 
 class _UsageError(Exception):
@@ -155,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli(*(sys.argv[1:] if argv is None else argv))
 
 
-def _emit(options: argparse.Namespace, record: dict[str, object], text: str) -> None:
+def _emit(options: argparse.Namespace, record: Mapping[str, object], text: str) -> None:
     print(json.dumps(record) if options.json else text, flush=True)
 
 
@@ -185,7 +190,7 @@ def _watch(options: argparse.Namespace) -> int:
                 _emit(options, {"generation": generation, "time": time.time()}, f"generation {generation}")
                 if command is not None:
                     env = dict(os.environ, SYSGENID_GENERATION=str(generation))
-                    completed = await anyio.to_thread.run_sync(lambda: subprocess.run(command, env=env).returncode)
+                    completed = await anyio.to_thread.run_sync(_run_command, command, env)
                     if completed != 0:
                         print(f"sysgenid-async: {shlex.join(command)} exited with {completed}; "
                               f"generation {generation} left unacknowledged", file=sys.stderr)
@@ -194,7 +199,8 @@ def _watch(options: argparse.Namespace) -> int:
                 if options.count is not None and seen >= options.count:
                     # finish the body, so this last generation is acknowledged too
                     if not options.no_ack:
-                        changes.handle.ack(generation)
+                        with contextlib.suppress(StaleGenerationError):  # a newer one came: not ours
+                            changes.handle.ack(generation)
                     break
         return EXIT_OK
 

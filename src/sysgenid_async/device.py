@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Literal, Union
+from typing import Literal
 
 from . import uapi
 from .errors import (
@@ -35,7 +35,7 @@ from .uapi import Abi
 
 __all__ = ["AbiChoice", "Device", "WaitResult", "resolve_device_path", "validate_generation"]
 
-AbiChoice = Union[Abi, Literal["auto", "v4", "v8"]]
+AbiChoice = Abi | Literal["auto", "v4", "v8"]
 
 #: Longest single WAIT_WATCHERS call; a close or cancel waits at most this long.
 WAIT_SLICE_SECONDS = 0.05

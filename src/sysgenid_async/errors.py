@@ -33,7 +33,7 @@ class SysGenIDError(Exception):
     """Base class of every error raised by sysgenid-async."""
 
 
-class _OSErrorMessage(OSError):
+class _MessageOSError(OSError):
     """An OSError whose ``str()`` is its message alone (no ``[Errno N]`` prefix)."""
 
     def __init__(self, errno_value: int | None, message: str, path: str | None = None) -> None:
@@ -45,11 +45,11 @@ class _OSErrorMessage(OSError):
         return self.message
 
 
-class DeviceNotFoundError(SysGenIDError, _OSErrorMessage, FileNotFoundError):
+class DeviceNotFoundError(SysGenIDError, _MessageOSError, FileNotFoundError):
     """The device node does not exist (or has no driver behind it)."""
 
 
-class DevicePermissionError(SysGenIDError, _OSErrorMessage, PermissionError):
+class DevicePermissionError(SysGenIDError, _MessageOSError, PermissionError):
     """The caller lacks a permission the operation needs; the message names it."""
 
 
@@ -57,7 +57,7 @@ class TriggerPermissionError(DevicePermissionError):
     """Forcing a generation change needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN."""
 
 
-class NotASysGenIDDeviceError(SysGenIDError, _OSErrorMessage):
+class NotASysGenIDDeviceError(SysGenIDError, _MessageOSError):
     """The path exists but is not a sysgenid device (a regular file, /dev/null, ...)."""
 
 
@@ -92,7 +92,7 @@ class ForkedHandleError(SysGenIDError):
     """
 
 
-class DeviceIOError(SysGenIDError, _OSErrorMessage):
+class DeviceIOError(SysGenIDError, _MessageOSError):
     """An unexpected error from the device; ``errno`` tells which."""
 
 

@@ -8,6 +8,7 @@ and :func:`open_raw` picks the simulator for paths it was installed at.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import mmap
@@ -113,10 +114,8 @@ class KernelFile:
         for mapping in maps:
             # Python's mmap holds a dup of the fd: the open file (and its watcher) lives
             # until every mapping is closed. A view still exported elsewhere keeps it.
-            try:
+            with contextlib.suppress(BufferError):
                 mapping.close()
-            except BufferError:
-                pass
         if fd >= 0:
             os.close(fd)
 

@@ -28,7 +28,7 @@ class CheckResult:
     detail: str = ""
 
 
-class _CheckFailed(Exception):
+class _CheckFailedError(Exception):
     pass
 
 
@@ -38,8 +38,9 @@ def _expect_errno(expected: int, action: Callable[[], object]) -> str:
     except OSError as exc:
         if exc.errno == expected:
             return errno.errorcode[expected]
-        raise _CheckFailed(f"expected {errno.errorcode[expected]}, got {errno.errorcode.get(exc.errno or 0, exc.errno)}") from None
-    raise _CheckFailed(f"expected {errno.errorcode[expected]}, but it succeeded")
+        got = errno.errorcode.get(exc.errno or 0, exc.errno)
+        raise _CheckFailedError(f"expected {errno.errorcode[expected]}, got {got}") from None
+    raise _CheckFailedError(f"expected {errno.errorcode[expected]}, but it succeeded")
 
 
 def _readable(raw: RawFile) -> bool:
@@ -74,10 +75,12 @@ def _run_checks(raw: RawFile, path: str, allow_trigger: bool) -> Iterator[CheckR
     def check(name: str, body: Callable[[], str]) -> CheckResult:
         try:
             return CheckResult(name, "pass", body())
-        except (_CheckFailed, OSError) as exc:
+        except (_CheckFailedError, OSError) as exc:
             return CheckResult(name, "fail", str(exc))
 
-    yield check("is a character device", lambda: "yes" if raw.is_character_device() else _fail("not a character device"))
+    yield check(
+        "is a character device", lambda: "yes" if raw.is_character_device() else _fail("not a character device")
+    )
 
     def detect() -> str:
         nonlocal abi
@@ -86,7 +89,8 @@ def _run_checks(raw: RawFile, path: str, allow_trigger: bool) -> Iterator[CheckR
             abi = Abi.V4
         except OSError as exc:
             if exc.errno != errno.EINVAL:
-                raise _CheckFailed(f"the v4 query gave {errno.errorcode.get(exc.errno or 0)}: not sysgenid") from None
+                got = errno.errorcode.get(exc.errno or 0)
+                raise _CheckFailedError(f"the v4 query gave {got}: not sysgenid") from None
             abi = Abi.V8
         return abi.value
 
@@ -106,7 +110,7 @@ def _run_checks(raw: RawFile, path: str, allow_trigger: bool) -> Iterator[CheckR
 
 
 def _fail(message: str) -> str:
-    raise _CheckFailed(message)
+    raise _CheckFailedError(message)
 
 
 def _checks_for(
@@ -174,7 +178,7 @@ def _wait_once(raw: RawFile, abi: Abi) -> str:
         raw.ioctl(abi.wait_watchers_request, 1)
     except OSError as exc:
         allowed = (errno.EINTR,) if abi is Abi.V4 else (errno.ETIME, errno.EINTR)
-        if exc.errno not in allowed:
+        if exc.errno is None or exc.errno not in allowed:
             raise
         return f"{errno.errorcode[exc.errno]} (other watchers outdated)"
     return "0 (no watcher outdated)"
@@ -186,20 +190,20 @@ def _trigger_round_trip(raw: RawFile, abi: Abi, words: memoryview) -> str:
         raw.ioctl(abi.trigger_request, 0)
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
-            raise _CheckFailed("EACCES: triggering needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN") from None
+            raise _CheckFailedError("EACCES: triggering needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN") from None
         raise
     after = words[0]
     if after == before:
-        raise _CheckFailed("the mapped generation did not change")
+        raise _CheckFailedError("the mapped generation did not change")
     if not _readable(raw):
-        raise _CheckFailed("not readable after the change")
+        raise _CheckFailedError("not readable after the change")
     value = int.from_bytes(raw.read(4), sys.byteorder)
     if value != words[0]:
-        raise _CheckFailed(f"read gave {value}, the page says {words[0]}")
+        raise _CheckFailedError(f"read gave {value}, the page says {words[0]}")
     _expect_errno(errno.EINTR, lambda: raw.ioctl(abi.wait_watchers_request, 0))
     raw.write(_u32(value))
     if _readable(raw):
-        raise _CheckFailed("still readable after the ack")
+        raise _CheckFailedError("still readable after the ack")
     return f"{before} -> {value}"
 
 

@@ -11,10 +11,11 @@ explicitly, which is the idiom for other interpreters.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from types import TracebackType
 
 import anyio
-from types import TracebackType
 
 from .async_device import AsyncSysGenID
 from .device import AbiChoice
@@ -91,10 +92,8 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
         handle = self.handle
         pending, self._pending = self._pending, None
         if pending is not None:
-            try:
-                handle.ack(pending)
-            except StaleGenerationError:
-                pass  # a newer generation is waiting: it is read next (coalescing)
+            with contextlib.suppress(StaleGenerationError):
+                handle.ack(pending)  # stale: a newer generation waits and is read next (coalescing)
         generation = await handle.wait_for_change()
         self._pending = generation
         return generation

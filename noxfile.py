@@ -1,0 +1,80 @@
+"""Project tasks. ``nox -s ci`` is what CI runs: lint, types, the host suite on every
+supported Python, and the kernel-device suite in the QEMU guest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import nox
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+GUEST_PYTHON = "3.11"
+
+nox.options.error_on_missing_interpreters = True
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typecheck", "tests", "kernel"]
+
+
+def _expose_pyenv_interpreters() -> None:
+    """Let nox find every pyenv-installed Python as ``python3.X`` (pyenv shims need this)."""
+    if "PYENV_VERSION" in os.environ or shutil.which("pyenv") is None:
+        return
+    installed = subprocess.run(["pyenv", "versions", "--bare"], capture_output=True, text=True).stdout.split()
+    chosen = []
+    for wanted in PYTHONS:
+        matches = sorted((v for v in installed if v.startswith(wanted + ".")), key=lambda v: int(v.split(".")[2]))
+        if matches:
+            chosen.append(matches[-1])
+    if chosen:
+        os.environ["PYENV_VERSION"] = ":".join(chosen)
+
+
+_expose_pyenv_interpreters()
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The suite on the host: the simulator backends, asyncio, uvloop and trio."""
+    session.install("-e", ".[test]")
+    report = f"build/reports/host-{session.python}.xml"
+    session.run("pytest", f"--junitxml={report}", *session.posargs)
+
+
+@nox.session(python=GUEST_PYTHON)
+def kernel(session: nox.Session) -> None:
+    """The device tests against the kernel module, in a QEMU guest (root; installs Debian packages).
+
+    Arguments go to kernel/vm/run_guest.py: ``nox -s kernel -- --module PATH --abi v8``.
+    """
+    session.install(".[test]")
+    python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True)
+    assert isinstance(python, str)
+    session.run("python", "kernel/vm/run_guest.py", "--python", python.strip(), *session.posargs)
+
+
+@nox.session(python=GUEST_PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "src", "tests", "examples", "noxfile.py", "kernel/vm")
+
+
+@nox.session(python=GUEST_PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[test]", "mypy>=1.10", "nox")
+    session.run("mypy", "--strict")
+
+
+@nox.session(python=GUEST_PYTHON)
+def demo(session: nox.Session) -> None:
+    """The end-to-end story on the simulator."""
+    session.install(".")
+    session.run("sysgenid-async", "demo")
+
+
+@nox.session(python=False)
+def ci(session: nox.Session) -> None:
+    """Everything CI runs, in order."""
+    for name in ["lint", "typecheck", *(f"tests-{v}" for v in PYTHONS), "kernel"]:
+        session.notify(name)
