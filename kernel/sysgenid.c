@@ -9,6 +9,9 @@
  *     insmod sysgenid.ko            # v4: ioctl magic 0x2d, every fd a watcher
  *     insmod sysgenid.ko abi=8      # v8: ioctl magic 0xE4, opt-in tracking
  *
+ * Built with SYSGENID_FIXED_ABI=4 or 8 (make FIXED_ABI=8), the module has one
+ * personality and no parameter, as a distribution's driver would.
+ *
  * Locking: one spinlock (irqsave, since sysgenid_bump_generation() may be
  * called from any context) guards the generation, every file's acked value
  * and tracking flag, and the outdated count. Nothing sleeps while holding it.
@@ -33,9 +36,14 @@
 
 #include "sysgenid.h"
 
+#ifdef SYSGENID_FIXED_ABI
+/* A build with one personality and no parameter, like a distribution's driver. */
+static const int abi = SYSGENID_FIXED_ABI;
+#else
 static int abi = 4;
 module_param(abi, int, 0444);
 MODULE_PARM_DESC(abi, "ABI personality: 4 (documented v4, default) or 8 (shipped v8)");
+#endif
 
 /* vm_flags became read-only, with helpers, in 6.3 */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
