@@ -14,7 +14,7 @@ GUEST_PYTHON = "3.11"
 
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "typecheck", "tests", "kernel"]
+nox.options.sessions = ["lint", "typecheck", "tests", "kernel", "kernel-fixed-abi"]
 
 
 def _expose_pyenv_interpreters() -> None:
@@ -42,16 +42,28 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", f"--junitxml={report}", *session.posargs)
 
 
+def _run_guest(session: nox.Session, *args: str) -> None:
+    """Install the package, then run the device tests in the guest with this venv's Python."""
+    session.install(".[test]")
+    python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True)
+    assert isinstance(python, str)
+    session.run("python", "kernel/vm/run_guest.py", "--python", python.strip(), *args)
+
+
 @nox.session(python=GUEST_PYTHON)
 def kernel(session: nox.Session) -> None:
     """The device tests against the kernel module, in a QEMU guest (root; installs Debian packages).
 
     Arguments go to kernel/vm/run_guest.py: ``nox -s kernel -- --module PATH --abi v8``.
     """
-    session.install(".[test]")
-    python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True)
-    assert isinstance(python, str)
-    session.run("python", "kernel/vm/run_guest.py", "--python", python.strip(), *session.posargs)
+    _run_guest(session, *session.posargs)
+
+
+@nox.session(name="kernel-fixed-abi", python=GUEST_PYTHON)
+def kernel_fixed_abi(session: nox.Session) -> None:
+    """The suite against a build with one ABI and no abi= parameter, as a distribution ships it."""
+    _run_guest(session, "--module", "kernel", "--make-arg", "FIXED_ABI=8", "--abi", "v8", "--no-abi-param",
+               *session.posargs)
 
 
 @nox.session(python=GUEST_PYTHON)
@@ -76,5 +88,5 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
     """Everything CI runs, in order."""
-    for name in ["lint", "typecheck", *(f"tests-{v}" for v in PYTHONS), "kernel"]:
+    for name in ["lint", "typecheck", *(f"tests-{v}" for v in PYTHONS), "kernel", "kernel-fixed-abi"]:
         session.notify(name)

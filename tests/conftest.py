@@ -49,6 +49,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # guest, and only_abi ones on the other ABI.
         if item.get_closest_marker("kernel_only") and not kernel:
             deselected.append(item)
+        if item.get_closest_marker("needs_abi_param") and config.getoption("--kernel-no-abi-param"):
+            deselected.append(item)
         only_abi = item.get_closest_marker("only_abi")
         callspec = getattr(item, "callspec", None)
         if only_abi and callspec and not callspec.params["backend_name"].endswith(only_abi.args[0]):

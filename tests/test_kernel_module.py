@@ -68,10 +68,9 @@ def test_reload_starts_again_at_generation_zero(backend: Backend, request: pytes
         device.ack(1)
 
 
+@pytest.mark.needs_abi_param
 def test_an_invalid_abi_parameter_is_refused(backend: Backend, request: pytest.FixtureRequest) -> None:
     assert isinstance(backend, KernelBackend)
-    if request.config.getoption("--kernel-no-abi-param"):
-        pytest.skip("this module takes no abi= parameter")
     module = request.config.getoption("--kernel-module")
     assert rmmod(backend.module_name).returncode == 0
     try:

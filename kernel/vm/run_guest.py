@@ -85,13 +85,13 @@ def find_kernel() -> str:
     sys.exit("[guest] no Debian cloud kernel with headers (linux-image-cloud-amd64, linux-headers-cloud-amd64)")
 
 
-def build_module(source: Path, kver: str, build_dir: Path) -> Path:
+def build_module(source: Path, kver: str, build_dir: Path, make_args: list[str]) -> Path:
     """Build a module from a directory with a Kbuild file; warnings fail the build."""
     if build_dir.exists():
         shutil.rmtree(build_dir)
     shutil.copytree(source, build_dir, ignore=shutil.ignore_patterns("vm", "*.o", "*.ko", ".*.cmd", "dkms*"))
     result = subprocess.run(
-        ["make", "-C", f"/lib/modules/{kver}/build", f"M={build_dir}", "W=1", "modules"],
+        ["make", "-C", f"/lib/modules/{kver}/build", f"M={build_dir}", "W=1", *make_args, "modules"],
         capture_output=True, text=True, check=False,
     )
     output = result.stdout + result.stderr
@@ -103,18 +103,18 @@ def build_module(source: Path, kver: str, build_dir: Path) -> Path:
     built = sorted(build_dir.glob("*.ko"))
     if len(built) != 1:
         sys.exit(f"[guest] expected one .ko in {build_dir}, found {[p.name for p in built]}")
-    log(f"built {built[0].name} for {kver} with W=1: no warnings")
+    log(f"built {built[0].name} for {kver} with W=1 {' '.join(make_args)}: no warnings")
     return built[0]
 
 
-def resolve_module(spec: str | None, kver: str, work: Path) -> Path:
+def resolve_module(spec: str | None, kver: str, work: Path, make_args: list[str]) -> Path:
     if spec is None:
-        return build_module(MODULE_SOURCE, kver, work / "module")
+        return build_module(MODULE_SOURCE, kver, work / "module", make_args)
     path = Path(spec).resolve()
     if path.is_file() and path.suffix == ".ko":
         return path
     if path.is_dir() and ((path / "Kbuild").exists() or (path / "Makefile").exists()):
-        return build_module(path, kver, work / "module")
+        return build_module(path, kver, work / "module", make_args)
     sys.exit(f"[guest] --module {spec}: not a .ko file or a source directory with a Kbuild file")
 
 
@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--abi", default="v4,v8",
                         help="ABIs to test, comma-separated (default v4,v8); for a driver with one ABI, name it")
     parser.add_argument("--no-abi-param", action="store_true", help="the module has no abi= load parameter")
+    parser.add_argument("--make-arg", action="append", default=[], metavar="VAR=VALUE",
+                        help="passed to make when building from source, e.g. FIXED_ABI=8")
     parser.add_argument("--python", default=sys.executable, help="the interpreter to run pytest with in the guest")
     parser.add_argument("--out", type=Path, help="report directory (default: a fresh one under build/guest)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before the guest is killed")
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True)
     run_dir = out / "run"
     run_dir.mkdir()
-    module = resolve_module(args.module, kver, work / f"build-{kver}")
+    module = resolve_module(args.module, kver, out / "build", args.make_arg)
     initrd = work / f"initrd-{kver}.cpio.gz"
     if not initrd.exists():
         subprocess.run([str(HERE / "mkinitramfs.sh"), kver, str(initrd)], check=True)
