@@ -6,6 +6,7 @@ These need the module itself, so they run in the guest only (deselected elsewher
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import subprocess
@@ -45,6 +46,9 @@ def test_unload_is_refused_while_the_page_is_mapped(backend: Backend) -> None:
     assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
     try:
         assert ctypes.c_uint32.from_address(address).value == backend.generation
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        assert libc.mprotect(address, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE) == -1
+        assert ctypes.get_errno() == errno.EACCES, "the mapping can never become writable"
         assert backend.open_files() == 1, "the mapping holds the file"
         assert rmmod(backend.module_name).returncode != 0
         new = backend.bump()
