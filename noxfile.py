@@ -18,8 +18,12 @@ nox.options.sessions = ["lint", "typecheck", "tests", "kernel", "kernel-fixed-ab
 
 
 def _expose_pyenv_interpreters() -> None:
-    """Let nox find every pyenv-installed Python as ``python3.X`` (pyenv shims need this)."""
-    if "PYENV_VERSION" in os.environ or shutil.which("pyenv") is None:
+    """Let nox find every pyenv-installed Python as ``python3.X``.
+
+    pyenv's shims answer only for the versions in PYENV_VERSION (which ``pyenv exec`` sets
+    to the one running nox), so add the newest installed patch release of each we test.
+    """
+    if shutil.which("pyenv") is None:
         return
     installed = subprocess.run(["pyenv", "versions", "--bare"], capture_output=True, text=True).stdout.split()
     chosen = []
@@ -27,8 +31,8 @@ def _expose_pyenv_interpreters() -> None:
         matches = sorted((v for v in installed if v.startswith(wanted + ".")), key=lambda v: int(v.split(".")[2]))
         if matches:
             chosen.append(matches[-1])
-    if chosen:
-        os.environ["PYENV_VERSION"] = ":".join(chosen)
+    current = [v for v in os.environ.get("PYENV_VERSION", "").split(":") if v]
+    os.environ["PYENV_VERSION"] = ":".join(current + [v for v in chosen if v not in current])
 
 
 _expose_pyenv_interpreters()
