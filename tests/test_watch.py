@@ -60,7 +60,7 @@ async def test_changes_that_pile_up_coalesce(backend: Backend) -> None:
 
 
 async def test_breaking_out_releases_the_fd(backend: Backend) -> None:
-    loops = 1000 if not backend.kernel else 200
+    loops = 1000
     before = open_fds()
     with anyio.fail_after(600):
         for _ in range(loops):

@@ -1,0 +1,71 @@
+"""The guest harness's own logic, on the host: what counts as trouble, and process hygiene."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+HARNESS = Path(__file__).resolve().parent.parent / "kernel" / "vm" / "run_guest.py"
+
+
+@pytest.fixture(scope="module")
+def harness() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("run_guest", HARNESS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[   12.3] WARNING: CPU: 0 PID: 1 at kernel/sysgenid.c:100 sg_bump+0x1/0x2 [sysgenid]",
+        "[   12.3] BUG: sleeping function called from invalid context at kernel/locking/mutex.c:283",
+        "[   12.3] Oops: 0000 [#1] PREEMPT SMP NOPTI",
+        "[   12.3] general protection fault, probably for non-canonical address",
+        "[   12.3] Call Trace:",
+        "[   12.3] list_del corruption. prev->next should be ffff",
+    ],
+)
+def test_kernel_trouble_is_detected(harness: ModuleType, line: str) -> None:
+    assert harness.KERNEL_TROUBLE.search(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[   14.9] sysgenid: loading out-of-tree module taints kernel.",
+        "[   14.9] sysgenid: module verification failed: signature and/or required key missing - tainting kernel",
+        "[   14.9] sysgenid: /dev/sysgenid ready, abi v4",
+        "[   20.1] sysgenid: abi=5 is not 4 or 8",
+    ],
+)
+def test_normal_lines_are_not_trouble(harness: ModuleType, line: str) -> None:
+    assert not harness.KERNEL_TROUBLE.search(line)
+
+
+def test_a_bad_module_argument_is_refused(harness: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"not a \.ko file or a source directory"):
+        harness.resolve_module(str(tmp_path / "missing"), "6.1.0-0-cloud-amd64", tmp_path, [])
+
+
+def test_the_guest_job_runs_pytest_on_the_kernel_backends(harness: ModuleType, tmp_path: Path) -> None:
+    args = harness.argparse.Namespace(python="/usr/bin/python3", abi="v8", no_abi_param=True, pytest_args=["-k", "x"])
+    job = harness.guest_job(args, Path("/m/driver.ko"), tmp_path)
+    assert "--device-backends=kernel" in job and "--kernel-module=/m/driver.ko" in job
+    assert "--kernel-abis=v8" in job and "--kernel-no-abi-param" in job and "-k x" in job
+    assert f"--junitxml={tmp_path / 'junit.xml'}" in job
+
+
+def test_stop_ends_every_process_it_started(harness: ModuleType) -> None:
+    guest = harness.Guest()
+    for _ in range(2):
+        guest.processes.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+    guest.stop()
+    assert all(process.poll() is not None for process in guest.processes)
