@@ -44,6 +44,7 @@ def test_close_from_another_thread_wakes_the_waiter(backend: Backend) -> None:
     waiter.join(30)
     assert not waiter.is_alive() and len(errors) == 1
     assert handle.closed
+    assert handle._wakeup == -1, "the last waiter closed the wakeup fd"
 
 
 def test_wait_watchers(backend: Backend) -> None:
@@ -68,6 +69,13 @@ def test_watch_blocking_acknowledges_after_the_body(backend: Backend) -> None:
             if len(seen) < 3:
                 backend.bump()
     assert len(seen) == 3 and len(set(seen)) == 3, "the timeout ended the loop after the third change"
+
+
+def test_close_releases_every_fd(backend: Backend) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    handle = BlockingSysGenID.open(backend.path)
+    handle.close()
+    assert len(os.listdir("/proc/self/fd")) == before, "device, mapping and wakeup fds all closed"
 
 
 def test_watch_blocking_releases_the_fd_on_break(backend: Backend) -> None:

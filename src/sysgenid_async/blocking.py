@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import select
+import threading
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -26,7 +27,10 @@ class BlockingSysGenID:
 
     def __init__(self, device: Device) -> None:
         self._device = device
+        # A close from another thread writes here to wake a thread blocked in poll().
         self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+        self._waiters = 0
 
     @classmethod
     def open(
@@ -81,11 +85,22 @@ class BlockingSysGenID:
                     return None
                 wait_ms = math.ceil(remaining * 1000)
             with device.using_fd() as fd:
-                poller = select.poll()
-                poller.register(fd, select.POLLIN)
-                poller.register(self._wakeup, select.POLLIN)
-                events = poller.poll(wait_ms)
-            if any(ready_fd == self._wakeup for ready_fd, _ in events):
+                with self._lock:
+                    if self._wakeup < 0:  # closed between the check and here
+                        raise DeviceClosedError(f"{device.path}: the handle is closed")
+                    self._waiters += 1
+                    wakeup = self._wakeup
+                try:
+                    poller = select.poll()
+                    poller.register(fd, select.POLLIN)
+                    poller.register(wakeup, select.POLLIN)
+                    events = poller.poll(wait_ms)
+                finally:
+                    with self._lock:
+                        self._waiters -= 1
+                        if device.closed and not self._waiters:
+                            self._close_wakeup()
+            if any(ready_fd == wakeup for ready_fd, _ in events):
                 raise DeviceClosedError(f"{device.path}: the handle was closed while waiting")
 
     def ack(self, generation: int) -> None:
@@ -103,17 +118,23 @@ class BlockingSysGenID:
 
     def close(self) -> None:
         """Idempotent; a thread blocked in :meth:`wait_for_change` gets DeviceClosedError."""
-        if self._device.closed:
-            return
-        self._device.close()
-        os.eventfd_write(self._wakeup, 1)
-        # The wakeup fd stays open until the object goes: a waiter may still be polling it.
+        with self._lock:
+            if self._device.closed:
+                return
+            self._device.close()
+            if self._waiters:
+                os.eventfd_write(self._wakeup, 1)  # the last waiter closes it on its way out
+            else:
+                self._close_wakeup()
+
+    def _close_wakeup(self) -> None:
+        if self._wakeup >= 0:
+            os.close(self._wakeup)
+            self._wakeup = -1
 
     def __del__(self) -> None:
-        wakeup = getattr(self, "_wakeup", -1)
-        if wakeup >= 0:
-            os.close(wakeup)
-            self._wakeup = -1
+        if getattr(self, "_wakeup", -1) >= 0:
+            self._close_wakeup()
 
     def __enter__(self) -> BlockingSysGenID:
         return self
