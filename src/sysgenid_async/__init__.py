@@ -8,13 +8,17 @@
 Layers, bottom up: :mod:`~sysgenid_async.uapi` (ABI constants),
 :mod:`~sysgenid_async.rawfile` (syscalls), :mod:`~sysgenid_async.device` (the fd owner,
 no event loop), :mod:`~sysgenid_async.async_device` and :mod:`~sysgenid_async.watch`
-(anyio), :mod:`~sysgenid_async.blocking` (the blocking twin); at the edges
+(anyio), :mod:`~sysgenid_async.blocking` (the blocking twin); the application layer:
+:mod:`~sysgenid_async.hooks`, :mod:`~sysgenid_async.restore_watcher`,
+:mod:`~sysgenid_async.bound`, :mod:`~sysgenid_async.reseed`,
+:mod:`~sysgenid_async.orchestrator`; at the edges
 :mod:`~sysgenid_async.cli` and :mod:`~sysgenid_async.testing`.
 """
 
 from ._version import __version__
 from .async_device import AsyncSysGenID, open_sysgenid
 from .blocking import BlockingSysGenID, watch_blocking
+from .bound import AsyncGenerationBound, GenerationBound, generation_bound
 from .device import Device, WaitResult
 from .errors import (
     AbiMismatchError,
@@ -29,12 +33,16 @@ from .errors import (
     TriggerPermissionError,
     UnsupportedByAbiError,
 )
+from .hooks import HookError, Phase, RestoreHooks, RestoreHooksError, on_restore, restore_hooks
+from .orchestrator import OrchestrationReport, Orchestrator
+from .restore_watcher import RestoreWatcher, RetryPolicy, Subscription, restore_watcher
 from .uapi import Abi
 from .watch import watch
 
 __all__ = [
     "Abi",
     "AbiMismatchError",
+    "AsyncGenerationBound",
     "AsyncSysGenID",
     "BlockingSysGenID",
     "Device",
@@ -43,14 +51,28 @@ __all__ = [
     "DeviceNotFoundError",
     "DevicePermissionError",
     "ForkedHandleError",
+    "GenerationBound",
+    "HookError",
     "NotASysGenIDDeviceError",
+    "OrchestrationReport",
+    "Orchestrator",
+    "Phase",
+    "RestoreHooks",
+    "RestoreHooksError",
+    "RestoreWatcher",
+    "RetryPolicy",
     "StaleGenerationError",
+    "Subscription",
     "SysGenIDError",
     "TriggerPermissionError",
     "UnsupportedByAbiError",
     "WaitResult",
     "__version__",
+    "generation_bound",
+    "on_restore",
     "open_sysgenid",
+    "restore_hooks",
+    "restore_watcher",
     "watch",
     "watch_blocking",
 ]

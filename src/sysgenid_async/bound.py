@@ -1,0 +1,166 @@
+"""Generation-bound values: rebuilt lazily when the system generation changes.
+
+    @generation_bound
+    def signing_key() -> bytes:
+        return os.urandom(32)
+
+    hmac.new(signing_key(), message, "sha256")   # a new key after every restore
+
+The hot path is one read of the mapped page and one comparison: no syscall, no lock.
+Only a changed generation takes the lock and calls the factory again.
+
+The generation comes from a probe: by default a process-wide, probe-only handle on the
+default device, opened on first use. On v8 it does not count as a watcher. On v4 every
+open file is a watcher, so the probe acknowledges a change as soon as a bound value
+notices it (until then it shows as outdated); a process that runs a
+:class:`~sysgenid_async.RestoreWatcher` can pass ``probe=watcher.handle.device`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
+
+import anyio
+
+from .device import Device
+from .errors import StaleGenerationError
+
+__all__ = ["AsyncGenerationBound", "GenerationBound", "GenerationProbe", "generation_bound", "shared_probe"]
+
+T = TypeVar("T")
+
+
+class GenerationProbe(Protocol):
+    """Anything with a cheap ``generation`` (a Device, an AsyncSysGenID, a RestoreWatcher)."""
+
+    @property
+    def generation(self) -> int: ...
+
+
+_shared: Device | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_probe() -> Device:
+    """The process-wide probe-only handle on the default device (opened on first use)."""
+    global _shared
+    probe = _shared
+    if probe is None or probe.closed:
+        with _shared_lock:
+            if _shared is None or _shared.closed:
+                _shared = Device.open(watcher=False)
+            probe = _shared
+    return probe
+
+
+def close_shared_probe() -> None:
+    """Close the process-wide probe (the next bound value to look opens it again)."""
+    global _shared
+    with _shared_lock:
+        if _shared is not None:
+            _shared.close()
+            _shared = None
+
+
+def _acknowledge_probe(probe: GenerationProbe) -> None:
+    # On v4 the probe's own file is a watcher: confirm what it has seen.
+    if isinstance(probe, Device) and probe.watcher and not probe.closed:
+        pending = probe.read_nowait()
+        if pending is not None:
+            with contextlib.suppress(StaleGenerationError):  # a newer one: seen next time
+                probe.ack(pending)
+
+
+_UNSET = object()
+
+
+class GenerationBound(Generic[T]):
+    """A value built by ``factory()`` and rebuilt when the generation differs from its own.
+
+    Thread-safe: concurrent callers after a change see one rebuild. Call it (or ``get()``).
+    """
+
+    def __init__(self, factory: Callable[[], T], *, probe: GenerationProbe | None = None) -> None:
+        if not callable(factory):
+            raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+        self._factory = factory
+        self._probe = probe
+        self._lock = threading.Lock()
+        self._generation = -1  # never a u32: the first get() builds
+        self._value: object = _UNSET
+        self.rebuilds = 0
+
+    @property
+    def probe(self) -> GenerationProbe:
+        if self._probe is None:
+            self._probe = shared_probe()
+        return self._probe
+
+    def get(self) -> T:
+        probe = self._probe or self.probe
+        if probe.generation == self._generation:
+            return self._value  # type: ignore[return-value]
+        return self._rebuild(probe)
+
+    __call__ = get
+
+    def _rebuild(self, probe: GenerationProbe) -> T:
+        with self._lock:
+            generation = probe.generation
+            if generation != self._generation:
+                _acknowledge_probe(probe)
+                value = self._factory()
+                self._value, self._generation = value, generation
+                self.rebuilds += 1
+            return self._value  # type: ignore[return-value]
+
+    def invalidate(self) -> None:
+        """Force a rebuild on the next call."""
+        with self._lock:
+            self._generation = -1
+
+
+class AsyncGenerationBound(Generic[T]):
+    """The async twin: ``await value.get()`` rebuilds with ``await factory()`` after a change."""
+
+    def __init__(self, factory: Callable[[], Awaitable[T]], *, probe: GenerationProbe | None = None) -> None:
+        if not callable(factory):
+            raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+        self._factory = factory
+        self._probe = probe
+        self._lock: anyio.Lock | None = None
+        self._generation = -1
+        self._value: object = _UNSET
+        self.rebuilds = 0
+
+    @property
+    def probe(self) -> GenerationProbe:
+        if self._probe is None:
+            self._probe = shared_probe()
+        return self._probe
+
+    async def get(self) -> T:
+        probe = self._probe or self.probe
+        if probe.generation == self._generation:
+            return self._value  # type: ignore[return-value]
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            generation = probe.generation
+            if generation != self._generation:
+                _acknowledge_probe(probe)
+                value = await self._factory()
+                self._value, self._generation = value, generation
+                self.rebuilds += 1
+            return self._value  # type: ignore[return-value]
+
+    def invalidate(self) -> None:
+        self._generation = -1
+
+
+def generation_bound(factory: Callable[[], T]) -> GenerationBound[T]:
+    """Decorate a zero-argument factory: calling the result returns the current value."""
+    return GenerationBound(factory)

@@ -1,0 +1,263 @@
+"""Restore hooks: callbacks that rebuild unique state when the generation changes.
+
+    from sysgenid_async import Phase, on_restore
+
+    @on_restore(phase=Phase.RESEED)
+    def reseed(generation: int) -> None:
+        random.seed(os.urandom(32))
+
+    @on_restore(timeout=5)
+    async def reconnect(generation: int) -> None:
+        await pool.reopen()
+
+Order: by phase (``RESEED``, ``IDENTITIES``, ``SECRETS``, ``CACHES``, ``CONNECTIONS``, then
+``DEFAULT``), or by an explicit ``priority`` (lower first); ties run in registration order.
+Every hook runs even when others fail; the failures are logged and raised together as a
+:class:`RestoreHooksError` (an ``ExceptionGroup``). The hooks run one after another, in
+the event loop's thread, so a hook may rely on the ones before it.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import itertools
+import logging
+import sys
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+import anyio
+import anyio.to_thread
+
+if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
+    from exceptiongroup import ExceptionGroup
+
+__all__ = [
+    "HookError",
+    "Phase",
+    "RestoreHook",
+    "RestoreHooks",
+    "RestoreHooksError",
+    "on_restore",
+    "restore_hooks",
+]
+
+logger = logging.getLogger("sysgenid_async.hooks")
+
+HookFunction = Callable[[int], Awaitable[None] | None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Phase(enum.IntEnum):
+    """Named places in the run order: what must be unique first, what depends on it after."""
+
+    #: random number generators: everything after may draw from them
+    RESEED = 100
+    #: per-process identities (UUIDs, instance ids)
+    IDENTITIES = 200
+    #: keys, tokens, nonces derived from the above
+    SECRETS = 300
+    #: caches of anything above
+    CACHES = 400
+    #: connections and pools, which may carry identities and secrets
+    CONNECTIONS = 500
+    #: hooks registered without a phase
+    DEFAULT = 600
+
+
+class HookError(Exception):
+    """One hook's failure, naming the hook; the original error is its ``__cause__``."""
+
+    def __init__(self, hook: RestoreHook, generation: int, error: BaseException) -> None:
+        reason = "timed out" if isinstance(error, TimeoutError) else f"raised {error!r}"
+        super().__init__(f"restore hook {hook.name} {reason} for generation {generation}")
+        self.hook = hook
+        self.generation = generation
+        self.__cause__ = error
+
+
+class RestoreHooksError(ExceptionGroup[HookError]):
+    """Some hooks failed for a generation; every other hook still ran."""
+
+    generation: int
+    hooks: list[RestoreHook]
+
+    def __new__(cls, generation: int, errors: Sequence[HookError]) -> RestoreHooksError:
+        group = super().__new__(cls, f"{len(errors)} restore hook(s) failed for generation {generation}", errors)
+        group.generation = generation
+        group.hooks = [error.hook for error in errors]
+        return group
+
+    def derive(self, excs: Sequence[Exception]) -> RestoreHooksError:  # type: ignore[override]
+        return RestoreHooksError(self.generation, [e for e in excs if isinstance(e, HookError)])
+
+
+@dataclass(eq=False)
+class RestoreHook:
+    """A registered hook."""
+
+    name: str
+    priority: int
+    timeout: float | None
+    sequence: int
+    _target: Callable[[], HookFunction | None] = field(repr=False)
+    is_async: bool = field(repr=False, default=False)
+
+    @property
+    def function(self) -> HookFunction | None:
+        """The callable, or None once a weakly held one has been collected."""
+        return self._target()
+
+    async def run(self, generation: int) -> None:
+        function = self.function
+        if function is None:
+            return
+        if self.timeout is None:
+            if self.is_async:
+                await function(generation)  # type: ignore[misc]
+            else:
+                function(generation)
+            return
+        with anyio.fail_after(self.timeout):
+            if self.is_async:
+                await function(generation)  # type: ignore[misc]
+            else:
+                # A sync hook can only be timed out from outside: it runs in a worker
+                # thread, which finishes in the background if it overruns.
+                await anyio.to_thread.run_sync(function, generation, abandon_on_cancel=True)
+
+
+def _hook_name(function: Callable[..., Any]) -> str:
+    return getattr(function, "__qualname__", None) or repr(function)
+
+
+class RestoreHooks:
+    """A registry of restore hooks. The process-wide one is :data:`restore_hooks`."""
+
+    def __init__(self) -> None:
+        self._hooks: list[RestoreHook] = []
+        self._lock = threading.Lock()
+        self._sequence = itertools.count()
+
+    @overload
+    def register(
+        self,
+        function: F,
+        *,
+        phase: Phase = ...,
+        priority: int | None = ...,
+        timeout: float | None = ...,
+        weak: bool = ...,
+        name: str | None = ...,
+    ) -> F: ...
+
+    @overload
+    def register(
+        self,
+        function: None = None,
+        *,
+        phase: Phase = ...,
+        priority: int | None = ...,
+        timeout: float | None = ...,
+        weak: bool = ...,
+        name: str | None = ...,
+    ) -> Callable[[F], F]: ...
+
+    def register(
+        self,
+        function: F | None = None,
+        *,
+        phase: Phase = Phase.DEFAULT,
+        priority: int | None = None,
+        timeout: float | None = None,
+        weak: bool = False,
+        name: str | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register ``function(generation)``, sync or async. Usable as a decorator, with or
+        without arguments; returns the function unchanged.
+
+        ``weak=True`` holds it by weak reference (a bound method through ``WeakMethod``), so
+        the hook vanishes with its object, as CRaC's resources do.
+        """
+        if function is None:
+            return lambda f: self.register(f, phase=phase, priority=priority, timeout=timeout, weak=weak, name=name)
+        if not callable(function):
+            raise TypeError(f"a restore hook must be callable, not {type(function).__name__}")
+        if not isinstance(phase, Phase):
+            raise TypeError(f"phase must be a Phase, not {type(phase).__name__}")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        target: Callable[[], HookFunction | None]
+        if weak:
+            reference = weakref.WeakMethod(function) if inspect.ismethod(function) else weakref.ref(function)
+            target = reference
+        else:
+            target = lambda: function  # noqa: E731 - a strong reference with the weakref's interface
+        hook = RestoreHook(
+            name=name or _hook_name(function),
+            priority=phase.value if priority is None else priority,
+            timeout=None if timeout is None else float(timeout),
+            sequence=next(self._sequence),
+            _target=target,
+            is_async=inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+                getattr(function, "__call__", None)  # noqa: B004 - async callable objects
+            ),
+        )
+        with self._lock:
+            self._hooks.append(hook)
+            self._hooks.sort(key=lambda h: (h.priority, h.sequence))
+        return function
+
+    def unregister(self, function: Callable[..., Any]) -> bool:
+        """Remove every registration of ``function``; True if there was one."""
+        with self._lock:
+            kept = [h for h in self._hooks if h.function != function]
+            removed = len(kept) != len(self._hooks)
+            self._hooks = kept
+        return removed
+
+    def clear(self) -> None:
+        with self._lock:
+            self._hooks = []
+
+    @property
+    def hooks(self) -> list[RestoreHook]:
+        """The live hooks, in run order (collected weak ones are dropped here)."""
+        with self._lock:
+            self._hooks = [h for h in self._hooks if h.function is not None]
+            return list(self._hooks)
+
+    def __len__(self) -> int:
+        return len(self.hooks)
+
+    async def run(self, generation: int, *, only: Sequence[RestoreHook] | None = None) -> None:
+        """Run every hook (or just ``only``) for ``generation``, in order.
+
+        Every hook runs; if any failed, their errors are logged and raised together as a
+        :class:`RestoreHooksError`. Cancellation is not a failure: it propagates at once.
+        """
+        selected = self.hooks if only is None else [h for h in self.hooks if h in only]
+        errors: list[HookError] = []
+        for hook in selected:
+            try:
+                await hook.run(generation)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:
+                error = HookError(hook, generation, exc)
+                logger.error("%s", error, exc_info=exc)
+                errors.append(error)
+        if errors:
+            raise RestoreHooksError(generation, errors)
+
+
+#: The process-wide registry that :class:`~sysgenid_async.RestoreWatcher` runs by default.
+restore_hooks = RestoreHooks()
+#: Register on the process-wide registry: ``@on_restore`` or ``@on_restore(phase=...)``.
+on_restore = restore_hooks.register

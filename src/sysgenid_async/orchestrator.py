@@ -1,0 +1,124 @@
+"""The orchestrator: pause on a restore, confirm, wait for every other watcher, resume.
+
+    async with Orchestrator(timeout=5, pause=stop_accepting, resume=start_accepting) as orchestrator:
+        async for report in orchestrator:
+            log.info("generation %d: %s, late: %s", report.generation, report.result, report.late_watchers)
+
+If the generation changes again while it waits, the orchestrator starts over with the new
+one: it never acknowledges a stale generation and never waits on one that is gone.
+On v4 the report says how many watchers were late; v8 has no count, so only whether
+anyone was (``late_watchers`` is None).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from .async_device import AsyncSysGenID
+from .device import AbiChoice, WaitResult, validate_timeout
+from .errors import StaleGenerationError
+from .uapi import Abi
+
+__all__ = ["OrchestrationReport", "Orchestrator"]
+
+Callback = Callable[[int], "Awaitable[None] | None"]
+
+
+@dataclass(frozen=True)
+class OrchestrationReport:
+    """What one restore looked like from the orchestrator."""
+
+    #: the generation every watcher was waited for (the last, if several arrived)
+    generation: int
+    #: CAUGHT_UP, or TIMED_OUT with watchers still outdated
+    result: WaitResult
+    #: v4: outdated watchers when the wait ended (0 when caught up); v8: None (no count)
+    late_watchers: int | None
+    #: how many times a newer generation arrived while waiting
+    restarts: int
+    #: seconds from noticing the change to the end of the wait
+    elapsed: float
+
+    @property
+    def caught_up(self) -> bool:
+        return self.result is WaitResult.CAUGHT_UP
+
+
+class Orchestrator:
+    """Waits, on each generation change, until every watcher on the machine has caught up."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = 5.0,
+        pause: Callback | None = None,
+        resume: Callback | None = None,
+        abi: AbiChoice = "auto",
+    ) -> None:
+        self.timeout = validate_timeout(timeout)
+        self.path = path
+        self.abi = abi
+        self._pause = pause
+        self._resume = resume
+        self._handle: AsyncSysGenID | None = None
+
+    async def __aenter__(self) -> Orchestrator:
+        self._handle = AsyncSysGenID.open(self.path, abi=self.abi)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    @property
+    def handle(self) -> AsyncSysGenID:
+        if self._handle is None:
+            raise RuntimeError("use 'async with Orchestrator(...)' first")
+        return self._handle
+
+    async def handle_next(self) -> OrchestrationReport:
+        """Wait for the next change (or one already pending) and orchestrate it."""
+        handle = self.handle
+        generation = await handle.wait_for_change()
+        started = time.monotonic()
+        await _call(self._pause, generation)
+        restarts = 0
+        try:
+            while True:
+                try:
+                    handle.ack(generation)
+                except StaleGenerationError:
+                    generation = await handle.wait_for_change()  # moved on before we confirmed
+                    restarts += 1
+                    continue
+                result = await handle.wait_watchers(self.timeout)
+                if result is not WaitResult.CALLER_OUTDATED:
+                    break
+                # A newer generation arrived while waiting: start over with it.
+                generation = await handle.wait_for_change()
+                restarts += 1
+        finally:
+            await _call(self._resume, generation)
+        late = handle.outdated_watchers() if handle.abi is Abi.V4 else None
+        return OrchestrationReport(generation, result, late, restarts, time.monotonic() - started)
+
+    def __aiter__(self) -> Orchestrator:
+        return self
+
+    async def __anext__(self) -> OrchestrationReport:
+        """``async for report in orchestrator``: every change, for ever (inside ``async with``)."""
+        return await self.handle_next()
+
+
+async def _call(callback: Callback | None, generation: int) -> None:
+    if callback is None:
+        return
+    result = callback(generation)
+    if inspect.isawaitable(result):
+        await result

@@ -1,0 +1,265 @@
+"""One kernel watcher per process, serving every restore hook and subscriber.
+
+    async with restore_watcher():      # in the service's main, or an ASGI lifespan
+        await serve()
+
+On each change of generation the watcher runs the hooks in order, then hands the
+generation to every subscriber (:meth:`RestoreWatcher.subscribe`), and acknowledges it to
+the kernel only when every hook succeeded and every subscriber's loop body finished
+without an error. Until then the process shows as outdated, so an orchestrator sees it.
+
+Retry policy: failed hooks are retried (only those), after ``initial_delay`` seconds,
+doubling up to ``max_delay``, up to ``max_attempts`` times (default: for ever). A newer
+generation cancels the retries: every hook then runs for it. A subscriber that failed
+cannot be retried: that generation stays unacknowledged until the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import anyio
+import anyio.abc
+
+from .async_device import AsyncSysGenID
+from .device import AbiChoice
+from .errors import StaleGenerationError
+from .hooks import RestoreHook, RestoreHooks, RestoreHooksError, restore_hooks
+
+__all__ = ["RestoreWatcher", "RetryPolicy", "Subscription", "restore_watcher"]
+
+logger = logging.getLogger("sysgenid_async.restore_watcher")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed hooks are retried for the same generation."""
+
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+    factor: float = 2.0
+    #: None: retry until they succeed or a newer generation arrives
+    max_attempts: int | None = None
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_delay
+        attempt = 0
+        while self.max_attempts is None or attempt < self.max_attempts:
+            yield delay
+            delay = min(delay * self.factor, self.max_delay)
+            attempt += 1
+
+
+class Subscription:
+    """One consumer of the process watcher: ``async for generation in subscription``.
+
+    Like :func:`~sysgenid_async.watch`: a generation counts as handled when the next
+    iteration starts; a body that raises leaves it unhandled, so it is not acknowledged.
+    """
+
+    def __init__(self, watcher: RestoreWatcher) -> None:
+        self._watcher = watcher
+        self._delivered: int | None = None
+        self._handled: int | None = None
+        self._closed = False
+        self._wakeup = anyio.Event()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> int:
+        if self._delivered is not None:
+            self._handled = self._delivered
+            self._watcher._subscriber_progress()
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            current = self._watcher._offered
+            if current is not None and current != self._delivered:
+                self._delivered = current
+                return current
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+
+    def _offer(self) -> None:
+        self._wakeup.set()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._wakeup.set()
+            self._watcher._unsubscribe(self)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
+
+
+class RestoreWatcher:
+    """The process's kernel watcher: runs the hooks, feeds the subscribers, acknowledges.
+
+    Start it with :func:`restore_watcher` or ``await task_group.start(watcher.run)``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        hooks: RestoreHooks | None = None,
+        abi: AbiChoice = "auto",
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.path = path
+        self.hooks = restore_hooks if hooks is None else hooks
+        self.abi = abi
+        self.retry = RetryPolicy() if retry is None else retry
+        self._handle: AsyncSysGenID | None = None
+        self._subscribers: list[Subscription] = []
+        self._offered: int | None = None
+        self._progress = anyio.Event()
+        #: The last generation acknowledged to the kernel.
+        self.acknowledged: int | None = None
+        #: The last hook failures, or None when the last generation's hooks all succeeded.
+        self.last_error: RestoreHooksError | None = None
+
+    @property
+    def handle(self) -> AsyncSysGenID:
+        if self._handle is None:
+            raise RuntimeError("the restore watcher is not running")
+        return self._handle
+
+    @property
+    def generation(self) -> int:
+        """The current generation, from the watcher's mapped page (no syscall)."""
+        return self.handle.generation
+
+    def subscribe(self) -> Subscription:
+        """A new consumer of generation changes; the watcher acks only once it handled them."""
+        subscription = Subscription(self)
+        self._subscribers.append(subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(subscription)
+        self._subscriber_progress()
+
+    def _subscriber_progress(self) -> None:
+        self._progress.set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[RestoreWatcher] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Watch until cancelled."""
+        async with AsyncSysGenID.open(self.path, abi=self.abi) as handle:
+            self._handle = handle
+            try:
+                task_status.started(self)
+                while True:
+                    generation = await handle.wait_for_change()
+                    await self._handle_generation(handle, generation)
+            finally:
+                self._handle = None
+                for subscription in list(self._subscribers):
+                    subscription.close()
+
+    async def _handle_generation(self, handle: AsyncSysGenID, generation: int) -> None:
+        hooks_ok = await self._run_hooks(handle, generation)
+        if handle.generation != generation:
+            return  # a newer generation arrived: start over with it
+        subscribers_ok = await self._deliver(handle, generation)
+        if hooks_ok and subscribers_ok:
+            with contextlib.suppress(StaleGenerationError):  # a newer one came: handled next
+                handle.ack(generation)
+                self.acknowledged = generation
+            return
+        # Stay outdated until the next generation, so an orchestrator sees the failure.
+        await self._moved_on(handle, generation, None)
+
+    async def _run_hooks(self, handle: AsyncSysGenID, generation: int) -> bool:
+        failed: list[RestoreHook] | None = None
+        try:
+            await self.hooks.run(generation)
+            self.last_error = None
+            return True
+        except RestoreHooksError as error:
+            self.last_error = error
+            failed = error.hooks
+        for delay in self.retry.delays():
+            if await self._moved_on(handle, generation, delay):
+                return False
+            try:
+                await self.hooks.run(generation, only=failed)
+                self.last_error = None
+                return True
+            except RestoreHooksError as error:
+                self.last_error = error
+                failed = error.hooks
+        logger.error("restore hooks still failing for generation %d: left unacknowledged", generation)
+        return False
+
+    async def _moved_on(self, handle: AsyncSysGenID, generation: int, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) for the generation to leave ``generation``.
+
+        The main handle stays readable while it is outdated, so it cannot tell of the next
+        change: a fresh, probe-only file can (it starts up to date), and is closed at once.
+        """
+        async with AsyncSysGenID.open(handle.path, abi=handle.abi, watcher=False) as sentinel:
+            if sentinel.generation != generation:
+                return True
+            with anyio.move_on_after(math.inf if timeout is None else timeout):
+                await sentinel.wait_for_change()
+                return True
+        return False
+
+    async def _deliver(self, handle: AsyncSysGenID, generation: int) -> bool:
+        self._offered = generation
+        waiting = list(self._subscribers)
+        for subscription in waiting:
+            subscription._offer()
+        while True:
+            self._progress = anyio.Event()
+            pending = [s for s in waiting if s._handled != generation]
+            failed = [s for s in pending if s._closed]
+            if failed:
+                logger.error("a subscriber stopped before handling generation %d", generation)
+                return False
+            if not pending or handle.generation != generation:
+                return not pending
+            await self._progress.wait()
+
+@contextlib.asynccontextmanager
+async def restore_watcher(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    hooks: RestoreHooks | None = None,
+    abi: AbiChoice = "auto",
+    retry: RetryPolicy | None = None,
+) -> AsyncIterator[RestoreWatcher]:
+    """Run the process's restore watcher for the duration of the block.
+
+    The one line a service needs (``async with restore_watcher(): ...``), in its main or in
+    an ASGI lifespan. Hooks registered before it starts run on the first change.
+    """
+    watcher = RestoreWatcher(path, hooks=hooks, abi=abi, retry=retry)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(watcher.run)
+        try:
+            yield watcher
+        finally:
+            tasks.cancel_scope.cancel()
