@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +42,72 @@ class Peer(Protocol):
     def close(self) -> None: ...
 
 
+class Worker(Protocol):
+    """A service with its own restore watcher (tests/restore_worker.py)."""
+
+    def wait_for(self, line: str, timeout: float = 60) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _LineLog:
+    """Lines a worker said, waited on from the test."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+
+    def say(self, line: str) -> None:
+        with self._cond:
+            self._lines.append(line)
+            self._cond.notify_all()
+
+    def wait_for(self, line: str, timeout: float = 60) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: line in self._lines, timeout):
+                raise AssertionError(f"the worker never said {line!r}; it said {self._lines}")
+
+
+class SimWorker(_LineLog):
+    def __init__(self, path: str, behaviour: str) -> None:
+        super().__init__()
+        import anyio
+
+        from restore_worker import serve
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=anyio.run, args=(serve, path, behaviour, self.say, self._stop.wait))
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+class KernelWorker(_LineLog):
+    def __init__(self, path: str, behaviour: str) -> None:
+        super().__init__()
+        self._process = subprocess.Popen(
+            [sys.executable, str(HERE / "restore_worker.py"), path, behaviour],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self._reader = threading.Thread(target=self._read)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self.say(line.strip())
+
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        self._process.wait(60)
+        self._reader.join(60)
+        assert self._process.stdout is not None
+        self._process.stdout.close()
+
+
 class Backend(Protocol):
     name: str
     abi: Abi
@@ -57,6 +124,9 @@ class Backend(Protocol):
     def open_files(self) -> int: ...
 
     def peer(self, *, track: bool = True) -> Peer: ...
+
+    def worker(self, behaviour: str) -> Worker:
+        """A service with its own restore watcher and one hook: ok, slow or fail."""
 
     def trigger_with(self, capabilities: frozenset[str], min_generation: int = 0) -> int:
         """Trigger as a caller holding only ``capabilities``; returns 0 or the errno."""
@@ -117,6 +187,9 @@ class SimBackend:
 
     def peer(self, *, track: bool = True) -> Peer:
         return SimPeer(self.sim.open_file(), track)
+
+    def worker(self, behaviour: str) -> Worker:
+        return SimWorker(self.path, behaviour)
 
     def trigger_with(self, capabilities: frozenset[str], min_generation: int = 0) -> int:
         saved = self.sim.capabilities
@@ -242,6 +315,9 @@ class KernelBackend:
 
     def peer(self, *, track: bool = True) -> Peer:
         return KernelPeer(self.path, track and self.abi is Abi.V8)
+
+    def worker(self, behaviour: str) -> Worker:
+        return KernelWorker(self.path, behaviour)
 
     def trigger_with(self, capabilities: frozenset[str], min_generation: int = 0) -> int:
         script = textwrap.dedent(f"""

@@ -132,7 +132,8 @@ class RestoreHook:
 
 
 def _hook_name(function: Callable[..., Any]) -> str:
-    return getattr(function, "__qualname__", None) or repr(function)
+    qualname = getattr(function, "__qualname__", None)
+    return qualname.rsplit("<locals>.", 1)[-1] if qualname else repr(function)
 
 
 class RestoreHooks:

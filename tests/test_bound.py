@@ -1,0 +1,124 @@
+"""Generation-bound values: rebuilt after a change, and only then."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from backends import Backend
+from sysgenid_async import AsyncGenerationBound, Device, GenerationBound, generation_bound
+from sysgenid_async.bound import close_shared_probe, shared_probe
+
+
+@pytest.fixture
+def default_device(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+    """Point the default device (and so the shared probe) at the backend."""
+    monkeypatch.setenv("SYSGENID_DEVICE", backend.path)
+    close_shared_probe()
+    yield backend
+    close_shared_probe()
+
+
+def test_rebuilt_only_when_the_generation_changes(backend: Backend) -> None:
+    builds: list[int] = []
+
+    def build() -> int:
+        builds.append(len(builds))
+        return len(builds)
+
+    with Device.open(backend.path, watcher=False) as probe:
+        value = GenerationBound(build, probe=probe)
+        assert value() == 1 and value() == 1 and value.get() == 1
+        backend.bump()
+        assert value() == 2 and value() == 2
+        assert value.rebuilds == 2
+        value.invalidate()
+        assert value() == 3
+
+
+def test_the_decorator_uses_the_shared_probe(default_device: Backend) -> None:
+    @generation_bound
+    def session_token() -> object:
+        return object()
+
+    token = session_token()
+    assert session_token() is token
+    default_device.bump()
+    assert session_token() is not token
+    assert shared_probe().path == default_device.path
+
+
+@pytest.mark.only_abi("v4")
+def test_on_v4_the_shared_probe_acknowledges_what_it_saw(default_device: Backend) -> None:
+    value = generation_bound(object)
+    value()
+    probe = shared_probe()
+    assert probe.watcher, "on v4 every open file is a watcher"
+    default_device.bump()
+    assert probe.is_outdated()
+    value()
+    assert not probe.is_outdated(), "noticing the change acknowledged it"
+
+
+@pytest.mark.only_abi("v8")
+def test_on_v8_the_shared_probe_is_not_a_watcher(default_device: Backend) -> None:
+    generation_bound(object)()
+    assert not shared_probe().watcher
+
+
+def test_one_rebuild_for_many_threads(backend: Backend) -> None:
+    builds: list[int] = []
+    gate = threading.Barrier(8)
+
+    def build() -> int:
+        builds.append(1)
+        return len(builds)
+
+    with Device.open(backend.path, watcher=False) as probe:
+        value = GenerationBound(build, probe=probe)
+        value()
+        backend.bump()
+        results: list[int] = []
+
+        def reader() -> None:
+            gate.wait()
+            results.append(value())
+
+        threads = [threading.Thread(target=reader) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results == [2] * 8 and len(builds) == 2
+
+
+@pytest.mark.anyio
+async def test_the_async_variant(backend: Backend) -> None:
+    builds = 0
+
+    async def connect() -> int:
+        nonlocal builds
+        await anyio.sleep(0.01)
+        builds += 1
+        return builds
+
+    with Device.open(backend.path, watcher=False) as probe:
+        value = AsyncGenerationBound(connect, probe=probe)
+        async with anyio.create_task_group() as tasks:
+            for _ in range(5):
+                tasks.start_soon(value.get)
+        assert await value.get() == 1 and value.rebuilds == 1
+        backend.bump()
+        assert await value.get() == 2
+        value.invalidate()
+        assert await value.get() == 3
+
+
+def test_bad_factories() -> None:
+    with pytest.raises(TypeError, match="callable"):
+        GenerationBound(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="callable"):
+        AsyncGenerationBound(None)  # type: ignore[arg-type]
