@@ -5,35 +5,32 @@
 
 from __future__ import annotations
 
-import argparse
 import threading
 
+from _restores import parser, restores
+
 from sysgenid_async import watch_blocking
-from sysgenid_async.testing import SimulatedDevice
 
 
-def follow(stop_after: int | None) -> None:
-    with watch_blocking() as changes:
+def follow(changes: watch_blocking, stop_after: int | None) -> None:
+    with changes:
         for count, generation in enumerate(changes, start=1):
-            print(f"thread: generation {generation}", flush=True)
+            print(f"thread: generation {generation}", flush=True)  # acknowledged on the next turn
             if stop_after is not None and count >= stop_after:
                 break
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--simulate", action="store_true")
-    options = parser.parse_args()
-    if not options.simulate:
-        follow(None)
-        return
-    simulator = SimulatedDevice()
-    with simulator.installed():
-        watcher = threading.Thread(target=follow, args=(1,))
+    options = parser(__doc__).parse_args()
+    with restores(options) as restore:
+        changes = watch_blocking()  # opened here: every change from now on is seen
+        if restore is None:
+            follow(changes, None)
+            return
+        watcher = threading.Thread(target=follow, args=(changes, 1))
         watcher.start()
-        while watcher.is_alive():
-            simulator.bump()
-            watcher.join(0.05)
+        restore()
+        watcher.join()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import anyio
 
@@ -71,8 +71,14 @@ _identities: weakref.WeakSet[ProcessIdentity[object]] = weakref.WeakSet()
 class ProcessIdentity(Generic[T]):
     """An identity that must differ between clones: ``identity.value``, renewed on restore."""
 
-    def __init__(self, factory: Callable[[], T] = uuid.uuid4) -> None:  # type: ignore[assignment]
-        self._factory = factory
+    @overload
+    def __init__(self: ProcessIdentity[uuid.UUID]) -> None: ...
+
+    @overload
+    def __init__(self, factory: Callable[[], T]) -> None: ...
+
+    def __init__(self, factory: Callable[[], Any] = uuid.uuid4) -> None:
+        self._factory: Callable[[], T] = factory
         self._lock = threading.Lock()
         self.value: T = factory()
         _identities.add(self)  # type: ignore[arg-type]

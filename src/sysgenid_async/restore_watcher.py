@@ -5,13 +5,16 @@
 
 On each change of generation the watcher runs the hooks in order, then hands the
 generation to every subscriber (:meth:`RestoreWatcher.subscribe`), and acknowledges it to
-the kernel only when every hook succeeded and every subscriber's loop body finished
-without an error. Until then the process shows as outdated, so an orchestrator sees it.
+the kernel only when every hook succeeded and every subscriber has handled it (its loop
+body finished and the next iteration began). Until then the process shows as outdated,
+so an orchestrator sees it. A subscriber that stops (``break``, an error, ``close()``)
+no longer counts, as a closed file no longer counts for the kernel: a failure that must
+hold the acknowledgement belongs in a hook.
 
 Retry policy: failed hooks are retried (only those), after ``initial_delay`` seconds,
 doubling up to ``max_delay``, up to ``max_attempts`` times (default: for ever). A newer
-generation cancels the retries: every hook then runs for it. A subscriber that failed
-cannot be retried: that generation stays unacknowledged until the next one.
+generation cancels the retries: every hook then runs for it. Once the attempts are used
+up, the generation stays unacknowledged until the next one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import logging
 import math
 import os
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -60,7 +64,8 @@ class Subscription:
     """One consumer of the process watcher: ``async for generation in subscription``.
 
     Like :func:`~sysgenid_async.watch`: a generation counts as handled when the next
-    iteration starts; a body that raises leaves it unhandled, so it is not acknowledged.
+    iteration starts; leaving the loop (``break``, an error) unsubscribes, and from then on
+    this subscriber is not waited for. Generations that pile up coalesce to the latest.
     """
 
     def __init__(self, watcher: RestoreWatcher) -> None:
@@ -131,7 +136,8 @@ class RestoreWatcher:
         self.abi = abi
         self.retry = RetryPolicy() if retry is None else retry
         self._handle: AsyncSysGenID | None = None
-        self._subscribers: list[Subscription] = []
+        # Weak: a subscription dropped by its loop (break, error) must be freed, and so closed.
+        self._subscribers: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._offered: int | None = None
         self._progress = anyio.Event()
         #: The last generation acknowledged to the kernel.
@@ -153,12 +159,11 @@ class RestoreWatcher:
     def subscribe(self) -> Subscription:
         """A new consumer of generation changes; the watcher acks only once it handled them."""
         subscription = Subscription(self)
-        self._subscribers.append(subscription)
+        self._subscribers.add(subscription)
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(subscription)
+        self._subscribers.discard(subscription)
         self._subscriber_progress()
 
     def _subscriber_progress(self) -> None:
@@ -228,20 +233,29 @@ class RestoreWatcher:
         return False
 
     async def _deliver(self, handle: AsyncSysGenID, generation: int) -> bool:
+        """Offer ``generation`` to every subscriber; True once all that stay have handled it."""
         self._offered = generation
-        waiting = list(self._subscribers)
-        for subscription in waiting:
-            subscription._offer()
+        waiting = [weakref.ref(s) for s in self._subscribers]
+        for reference in waiting:
+            subscription = reference()
+            if subscription is not None:
+                subscription._offer()
+            del subscription
         while True:
             self._progress = anyio.Event()
-            pending = [s for s in waiting if s._handled != generation]
-            failed = [s for s in pending if s._closed]
-            if failed:
-                logger.error("a subscriber stopped before handling generation %d", generation)
+            # A subscriber that stopped (break, error, close) no longer counts, as a closed
+            # file no longer counts for the kernel.
+            pending = [
+                s for s in (reference() for reference in waiting)
+                if s is not None and not s._closed and s._handled != generation
+            ]
+            if not pending:
+                return True
+            del pending  # hold no subscriber while waiting: dropping one must free it
+            if handle.generation != generation:
                 return False
-            if not pending or handle.generation != generation:
-                return not pending
             await self._progress.wait()
+
 
 @contextlib.asynccontextmanager
 async def restore_watcher(
