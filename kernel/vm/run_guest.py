@@ -40,6 +40,7 @@ APT_PACKAGES = [
     "cpio",
     "kmod",
     "util-linux",
+    "iproute2",
 ]
 VIRTIOFSD_CANDIDATES = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
 # What the guest's kernel log must never show.

@@ -32,6 +32,7 @@ fi
 mkdir -p "$VMOUT" 2>/dev/null
 mount -t virtiofs hostout "$VMOUT" || echo "SYSGENID-GUEST: report share failed"
 hostname sysgenid-guest
+ip link set lo up || echo "SYSGENID-GUEST: no loopback"   # tests serve on 127.0.0.1
 echo "SYSGENID-GUEST: stage 2 at uptime $(cut -d' ' -f1 /proc/uptime)s"
 rc=127
 if [ -r "$VMOUT/job.sh" ]; then
