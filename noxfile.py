@@ -1,5 +1,6 @@
-"""Project tasks. ``nox -s ci`` is what CI runs: lint, types, the host suite on every
-supported Python, and the kernel-device suite in the QEMU guest."""
+"""Project tasks. ``nox`` (the default sessions) is what CI runs: lint, types, the docs
+site, the host suite on every supported Python, and the kernel-device suite in the QEMU
+guest, twice (our module in both ABIs, then a one-ABI build without a parameter)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ GUEST_PYTHON = "3.11"
 
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "typecheck", "tests", "kernel", "kernel-fixed-abi"]
+nox.options.sessions = ["lint", "typecheck", "docs", "tests", "kernel", "kernel-fixed-abi"]
 
 
 def _expose_pyenv_interpreters() -> None:
@@ -83,6 +84,13 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session(python=GUEST_PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site in strict mode (any warning fails)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python=GUEST_PYTHON)
 def demo(session: nox.Session) -> None:
     """The end-to-end story on the simulator."""
     session.install(".")
@@ -92,5 +100,5 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
     """Everything CI runs, in order."""
-    for name in ["lint", "typecheck", *(f"tests-{v}" for v in PYTHONS), "kernel", "kernel-fixed-abi"]:
+    for name in ["lint", "typecheck", "docs", *(f"tests-{v}" for v in PYTHONS), "kernel", "kernel-fixed-abi"]:
         session.notify(name)
