@@ -21,18 +21,21 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from .device import WAIT_SLICE_SECONDS, AbiChoice, Device, WaitResult, validate_timeout
+from .device import WAIT_SLICE_SECONDS, AbiChoice, Device, DeviceHandle, WaitResult, validate_timeout
 from .errors import DeviceClosedError
-from .uapi import Abi
 
 __all__ = ["AsyncSysGenID", "open_sysgenid"]
 
 
-class AsyncSysGenID:
-    """An open watcher of the device, for async code. Create with :func:`open_sysgenid`."""
+class AsyncSysGenID(DeviceHandle):
+    """An open watcher of the device, for async code. Create with :func:`open_sysgenid`.
+
+    Besides what is below: ``generation`` (the fast probe), ``ack()``,
+    ``outdated_watchers()``, ``trigger()``, ``path``, ``abi``, ``closed``, ``device``.
+    """
 
     def __init__(self, device: Device) -> None:
-        self._device = device
+        super().__init__(device)
         self._waiter_thread: int | None = None
         self._waiter_token: anyio.lowlevel.EventLoopToken | None = None
         self._waiters = 0
@@ -47,28 +50,6 @@ class AsyncSysGenID:
     ) -> AsyncSysGenID:
         """Open without a context manager; pair it with :meth:`aclose`."""
         return cls(Device.open(path, abi=abi, watcher=watcher))
-
-    @property
-    def device(self) -> Device:
-        """The underlying thin device handle."""
-        return self._device
-
-    @property
-    def path(self) -> str:
-        return self._device.path
-
-    @property
-    def abi(self) -> Abi:
-        return self._device.abi
-
-    @property
-    def closed(self) -> bool:
-        return self._device.closed
-
-    @property
-    def generation(self) -> int:
-        """The current generation from the mapped page: one memory read, no syscall."""
-        return self._device.generation
 
     async def wait_for_change(self) -> int:
         """Wait until this handle has a generation it has not acknowledged, and return it.
@@ -91,18 +72,6 @@ class AsyncSysGenID:
                     raise DeviceClosedError(f"{device.path}: the handle was closed while waiting") from None
                 finally:
                     self._waiters -= 1
-
-    def ack(self, generation: int) -> None:
-        """Acknowledge ``generation`` (see :meth:`Device.ack`)."""
-        self._device.ack(generation)
-
-    def outdated_watchers(self) -> int:
-        """How many watchers have not acknowledged (v4 only; v8 raises UnsupportedByAbiError)."""
-        return self._device.outdated_watchers()
-
-    def trigger(self, min_generation: int = 0) -> int:
-        """Force a generation change (privileged); returns the generation afterwards."""
-        return self._device.trigger(min_generation)
 
     async def wait_watchers(self, timeout: float | None = None) -> WaitResult:
         """Wait until every watcher has acknowledged the current generation.

@@ -15,18 +15,21 @@ import time
 from collections.abc import Iterator
 from types import TracebackType
 
-from .device import AbiChoice, Device, WaitResult, validate_timeout
+from .device import AbiChoice, Device, DeviceHandle, WaitResult, validate_timeout
 from .errors import DeviceClosedError, StaleGenerationError
-from .uapi import Abi
 
 __all__ = ["BlockingSysGenID", "watch_blocking"]
 
 
-class BlockingSysGenID:
-    """An open watcher of the device, for blocking code. A context manager."""
+class BlockingSysGenID(DeviceHandle):
+    """An open watcher of the device, for blocking code. A context manager.
+
+    Besides what is below: ``generation`` (the fast probe), ``ack()``,
+    ``outdated_watchers()``, ``trigger()``, ``path``, ``abi``, ``closed``, ``device``.
+    """
 
     def __init__(self, device: Device) -> None:
-        self._device = device
+        super().__init__(device)
         # A close from another thread writes here to wake a thread blocked in poll().
         self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._lock = threading.Lock()
@@ -46,27 +49,6 @@ class BlockingSysGenID:
         except BaseException:
             device.close()
             raise
-
-    @property
-    def device(self) -> Device:
-        return self._device
-
-    @property
-    def path(self) -> str:
-        return self._device.path
-
-    @property
-    def abi(self) -> Abi:
-        return self._device.abi
-
-    @property
-    def closed(self) -> bool:
-        return self._device.closed
-
-    @property
-    def generation(self) -> int:
-        """The current generation from the mapped page: no syscall."""
-        return self._device.generation
 
     def wait_for_change(self, timeout: float | None = None) -> int | None:
         """Block until this handle has an unacknowledged generation; None on timeout."""
@@ -102,15 +84,6 @@ class BlockingSysGenID:
                             self._close_wakeup()
             if any(ready_fd == wakeup for ready_fd, _ in events):
                 raise DeviceClosedError(f"{device.path}: the handle was closed while waiting")
-
-    def ack(self, generation: int) -> None:
-        self._device.ack(generation)
-
-    def outdated_watchers(self) -> int:
-        return self._device.outdated_watchers()
-
-    def trigger(self, min_generation: int = 0) -> int:
-        return self._device.trigger(min_generation)
 
     def wait_watchers(self, timeout: float | None = None) -> WaitResult:
         """Block until every watcher has acknowledged (see :meth:`Device.wait_watchers`)."""

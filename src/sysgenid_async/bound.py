@@ -77,18 +77,13 @@ def _acknowledge_probe(probe: GenerationProbe) -> None:
 _UNSET = object()
 
 
-class GenerationBound(Generic[T]):
-    """A value built by ``factory()`` and rebuilt when the generation differs from its own.
+class _Bound:
+    """The state both bound values share: the probe, the value, and the generation it is for."""
 
-    Thread-safe: concurrent callers after a change see one rebuild. Call it (or ``get()``).
-    """
-
-    def __init__(self, factory: Callable[[], T], *, probe: GenerationProbe | None = None) -> None:
+    def __init__(self, factory: Callable[[], object], probe: GenerationProbe | None) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
-        self._factory = factory
         self._probe = probe
-        self._lock = threading.Lock()
         self._generation = -1  # never a u32: the first get() builds
         self._value: object = _UNSET
         self.rebuilds = 0
@@ -98,6 +93,22 @@ class GenerationBound(Generic[T]):
         if self._probe is None:
             self._probe = shared_probe()
         return self._probe
+
+    def invalidate(self) -> None:
+        """Force a rebuild on the next call."""
+        self._generation = -1
+
+
+class GenerationBound(_Bound, Generic[T]):
+    """A value built by ``factory()`` and rebuilt when the generation differs from its own.
+
+    Thread-safe: concurrent callers after a change see one rebuild. Call it (or ``get()``).
+    """
+
+    def __init__(self, factory: Callable[[], T], *, probe: GenerationProbe | None = None) -> None:
+        super().__init__(factory, probe)
+        self._factory = factory
+        self._lock = threading.Lock()
 
     def get(self) -> T:
         probe = self._probe or self.probe
@@ -117,30 +128,14 @@ class GenerationBound(Generic[T]):
                 self.rebuilds += 1
             return self._value  # type: ignore[return-value]
 
-    def invalidate(self) -> None:
-        """Force a rebuild on the next call."""
-        with self._lock:
-            self._generation = -1
 
-
-class AsyncGenerationBound(Generic[T]):
+class AsyncGenerationBound(_Bound, Generic[T]):
     """The async twin: ``await value.get()`` rebuilds with ``await factory()`` after a change."""
 
     def __init__(self, factory: Callable[[], Awaitable[T]], *, probe: GenerationProbe | None = None) -> None:
-        if not callable(factory):
-            raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+        super().__init__(factory, probe)
         self._factory = factory
-        self._probe = probe
         self._lock: anyio.Lock | None = None
-        self._generation = -1
-        self._value: object = _UNSET
-        self.rebuilds = 0
-
-    @property
-    def probe(self) -> GenerationProbe:
-        if self._probe is None:
-            self._probe = shared_probe()
-        return self._probe
 
     async def get(self) -> T:
         probe = self._probe or self.probe
@@ -156,9 +151,6 @@ class AsyncGenerationBound(Generic[T]):
                 self._value, self._generation = value, generation
                 self.rebuilds += 1
             return self._value  # type: ignore[return-value]
-
-    def invalidate(self) -> None:
-        self._generation = -1
 
 
 def generation_bound(factory: Callable[[], T]) -> GenerationBound[T]:

@@ -33,7 +33,7 @@ from .errors import (
 from .rawfile import RawFile, open_raw
 from .uapi import Abi
 
-__all__ = ["AbiChoice", "Device", "WaitResult", "resolve_device_path", "validate_generation"]
+__all__ = ["AbiChoice", "Device", "DeviceHandle", "WaitResult", "resolve_device_path", "validate_generation"]
 
 AbiChoice = Abi | Literal["auto", "v4", "v8"]
 
@@ -366,6 +366,47 @@ class Device:
     def __repr__(self) -> str:
         state = "closed" if self._close_requested else f"fd={self._fd}"
         return f"<Device {self.path} abi={self.abi.value} {state}>"
+
+
+class DeviceHandle:
+    """What the async handle and the blocking twin share: a :class:`Device` and its plain calls."""
+
+    def __init__(self, device: Device) -> None:
+        self._device = device
+
+    @property
+    def device(self) -> Device:
+        """The underlying thin device handle."""
+        return self._device
+
+    @property
+    def path(self) -> str:
+        return self._device.path
+
+    @property
+    def abi(self) -> Abi:
+        return self._device.abi
+
+    @property
+    def closed(self) -> bool:
+        return self._device.closed
+
+    @property
+    def generation(self) -> int:
+        """The current generation from the mapped page: one memory read, no syscall."""
+        return self._device.generation
+
+    def ack(self, generation: int) -> None:
+        """Acknowledge ``generation``; :class:`StaleGenerationError` if the device moved on."""
+        self._device.ack(generation)
+
+    def outdated_watchers(self) -> int:
+        """How many watchers have not acknowledged (v4 only; v8 raises UnsupportedByAbiError)."""
+        return self._device.outdated_watchers()
+
+    def trigger(self, min_generation: int = 0) -> int:
+        """Force a generation change (privileged); returns the generation afterwards."""
+        return self._device.trigger(min_generation)
 
 
 def _probe_abi(raw: RawFile, path: str) -> Abi:
