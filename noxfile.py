@@ -15,7 +15,7 @@ GUEST_PYTHON = "3.11"
 
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "typecheck", "docs", "tests", "kernel", "kernel-fixed-abi"]
+nox.options.sessions = ["lint", "typecheck", "docs", "tests", "kernel", "kernel-fixed-abi", "dkms"]
 
 
 def _expose_pyenv_interpreters() -> None:
@@ -71,6 +71,12 @@ def kernel_fixed_abi(session: nox.Session) -> None:
                *session.posargs)
 
 
+@nox.session(python=False)
+def dkms(session: nox.Session) -> None:
+    """DKMS builds and installs the module against this machine's headers, then removes it (root)."""
+    session.run("bash", "kernel/dkms-check.sh", *session.posargs, external=True)
+
+
 @nox.session(python=GUEST_PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
@@ -100,5 +106,5 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
     """Everything CI runs, in order."""
-    for name in ["lint", "typecheck", "docs", *(f"tests-{v}" for v in PYTHONS), "kernel", "kernel-fixed-abi"]:
+    for name in ["lint", "typecheck", "docs", *(f"tests-{v}" for v in PYTHONS), "kernel", "kernel-fixed-abi", "dkms"]:
         session.notify(name)

@@ -12,6 +12,10 @@
  * Built with SYSGENID_FIXED_ABI=4 or 8 (make FIXED_ABI=8), the module has one
  * personality and no parameter, as a distribution's driver would.
  *
+ * On kernels with CONFIG_VMGENID the module follows the hypervisor's VM generation
+ * (restores and clones) through the vmfork notifier; vmfork=0 turns that off, and the
+ * read-only parameter "backend" tells which it is.
+ *
  * Locking: one spinlock (irqsave, since sysgenid_bump_generation() may be
  * called from any context) guards the generation, every file's acked value
  * and tracking flag, and the outdated count. Nothing sleeps while holding it.
@@ -27,7 +31,9 @@
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/notifier.h>
 #include <linux/poll.h>
+#include <linux/random.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/uaccess.h>
@@ -44,6 +50,30 @@ static int abi = 4;
 module_param(abi, int, 0444);
 MODULE_PARM_DESC(abi, "ABI personality: 4 (documented v4, default) or 8 (shipped v8)");
 #endif
+
+static bool vmfork = true;
+module_param(vmfork, bool, 0444);
+MODULE_PARM_DESC(vmfork, "bump on the hypervisor's VM generation change (kernels with CONFIG_VMGENID; default on)");
+
+/* What drives the generation besides userspace: "vmgenid", "none" or "disabled". */
+static const char *sg_backend = "none";
+
+static int sg_backend_get(char *buffer, const struct kernel_param *kp)
+{
+	return sysfs_emit(buffer, "%s\n", sg_backend);
+}
+
+static int sg_backend_set(const char *value, const struct kernel_param *kp)
+{
+	return -EPERM;
+}
+
+static const struct kernel_param_ops sg_backend_ops = {
+	.get = sg_backend_get,
+	.set = sg_backend_set,
+};
+module_param_cb(backend, &sg_backend_ops, NULL, 0444);
+MODULE_PARM_DESC(backend, "read-only: the backend driving the generation (vmgenid, none, disabled)");
 
 /* vm_flags became read-only, with helpers, in 6.3 */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
@@ -133,6 +163,52 @@ void sysgenid_bump_generation(void)
 	sg_bump(0);
 }
 EXPORT_SYMBOL_GPL(sysgenid_bump_generation);
+
+#if IS_ENABLED(CONFIG_VMGENID)
+/*
+ * The vmgenid driver calls the vmfork chain from add_vmfork_randomness(), after the
+ * kernel's RNG has been reseeded for the new VM: anything a watcher draws from the
+ * kernel once it sees the new generation is already unique to this clone.
+ */
+static int sg_vmfork_notify(struct notifier_block *nb, unsigned long action, void *data)
+{
+	sysgenid_bump_generation();
+	pr_info("sysgenid: VM generation changed, generation %u\n", sg_generation());
+	return NOTIFY_DONE;
+}
+
+static struct notifier_block sg_vmfork_nb = {
+	.notifier_call = sg_vmfork_notify,
+};
+#endif
+
+static void sg_backend_start(void)
+{
+	if (!vmfork) {
+		sg_backend = "disabled";
+		pr_info("sysgenid: VM generation backend disabled (vmfork=0)\n");
+		return;
+	}
+#if IS_ENABLED(CONFIG_VMGENID)
+	if (register_random_vmfork_notifier(&sg_vmfork_nb) == 0) {
+		sg_backend = "vmgenid";
+		pr_info("sysgenid: following the VM generation (vmgenid)\n");
+		return;
+	}
+	pr_notice("sysgenid: could not register for VM generation changes\n");
+#else
+	pr_info("sysgenid: no VM generation backend: this kernel has no CONFIG_VMGENID\n");
+#endif
+}
+
+static void sg_backend_stop(void)
+{
+#if IS_ENABLED(CONFIG_VMGENID)
+	if (strcmp(sg_backend, "vmgenid") == 0)
+		unregister_random_vmfork_notifier(&sg_vmfork_nb);
+#endif
+	sg_backend = "none";
+}
 
 static int sg_open(struct inode *inode, struct file *file)
 {
@@ -408,11 +484,13 @@ static int __init sg_init(void)
 		return ret;
 	}
 	pr_info("sysgenid: /dev/%s ready, abi v%d\n", sg_misc.name, abi);
+	sg_backend_start();
 	return 0;
 }
 
 static void __exit sg_exit(void)
 {
+	sg_backend_stop();
 	misc_deregister(&sg_misc);
 	free_page((unsigned long)sg.page);
 	pr_info("sysgenid: unloaded\n");

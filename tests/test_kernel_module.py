@@ -89,3 +89,38 @@ def test_the_in_kernel_bump_is_exported(backend: Backend) -> None:
     assert isinstance(backend, KernelBackend)
     symbols = Path("/proc/kallsyms").read_text().splitlines()
     assert any(line.endswith(f" sysgenid_bump_generation\t[{backend.module_name}]") for line in symbols)
+
+
+def _parameters(module: str) -> str:
+    return subprocess.run(["modinfo", "-F", "parm", module], capture_output=True, text=True, check=True).stdout
+
+
+def test_the_vm_generation_backend_says_what_it_is(backend: Backend, request: pytest.FixtureRequest) -> None:
+    """On a kernel with CONFIG_VMGENID the module follows the hypervisor; else it says it cannot."""
+    assert isinstance(backend, KernelBackend)
+    module = request.config.getoption("--kernel-module")
+    if "backend:" not in _parameters(module):
+        pytest.skip("not this project's module: it has no backend parameter")
+    config = Path(f"/boot/config-{os.uname().release}").read_text()
+    expected = "vmgenid" if "CONFIG_VMGENID=y" in config or "CONFIG_VMGENID=m" in config else "none"
+    reported = Path(f"/sys/module/{backend.module_name}/parameters/backend").read_text().strip()
+    assert reported == expected
+    log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
+    message = "following the VM generation" if expected == "vmgenid" else "this kernel has no CONFIG_VMGENID"
+    assert message in log
+
+
+def test_the_backend_can_be_turned_off(backend: Backend, request: pytest.FixtureRequest) -> None:
+    assert isinstance(backend, KernelBackend)
+    module = request.config.getoption("--kernel-module")
+    if "vmfork:" not in _parameters(module):
+        pytest.skip("not this project's module: it has no vmfork parameter")
+    abi_param = [] if request.config.getoption("--kernel-no-abi-param") else [f"abi={backend.abi.value[1:]}"]
+    assert rmmod(backend.module_name).returncode == 0
+    try:
+        subprocess.run(["insmod", module, *abi_param, "vmfork=0"], check=True)
+        parameters = Path(f"/sys/module/{backend.module_name}/parameters")
+        assert (parameters / "backend").read_text().strip() == "disabled"
+        assert (parameters / "vmfork").read_text().strip() == "N"
+    finally:
+        load_module(module, backend.abi, abi_param=not request.config.getoption("--kernel-no-abi-param"))

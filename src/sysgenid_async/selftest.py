@@ -161,10 +161,29 @@ def _checks_for(
             lambda: _expect_errno(errno.EINVAL, lambda: raw.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 2)),
         )
     yield check("WAIT_WATCHERS(1 ms) returns", lambda: _wait_once(raw, abi))
+    yield _backend_result()
     if not allow_trigger:
         yield CheckResult("trigger and acknowledge", "skip", "needs --allow-trigger (changes the generation)")
         return
     yield check("trigger, read, poll, caller-outdated wait, ack", lambda: _trigger_round_trip(raw, abi, words))
+
+
+BACKEND_PARAMETER = "/sys/module/sysgenid/parameters/backend"
+
+
+def _backend_result() -> CheckResult:
+    """What drives the generation besides userspace, when the driver says (ours does)."""
+    try:
+        with open(BACKEND_PARAMETER) as parameter:
+            backend = parameter.read().strip()
+    except OSError:
+        return CheckResult("VM generation backend", "skip", "the driver does not say")
+    meaning = {
+        "vmgenid": "follows the hypervisor's VM generation",
+        "none": "none: the kernel has no CONFIG_VMGENID; only triggers change the generation",
+        "disabled": "disabled (vmfork=0); only triggers change the generation",
+    }
+    return CheckResult("VM generation backend", "pass", meaning.get(backend, backend))
 
 
 def _tracking_round_trip(raw: RawFile) -> str:
