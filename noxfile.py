@@ -48,11 +48,15 @@ def tests(session: nox.Session) -> None:
 
 
 def _run_guest(session: nox.Session, *args: str) -> None:
-    """Install the package, then run the device tests in the guest with this venv's Python."""
+    """Install the package, then run the device tests in the guest with this venv's Python.
+
+    Reports go to build/guest/<session name>/ (replaced on each run) unless --out is given.
+    """
     session.install(".[test]")
     python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True)
     assert isinstance(python, str)
-    session.run("python", "kernel/vm/run_guest.py", "--python", python.strip(), *args)
+    out = [] if "--out" in args else ["--out", f"build/guest/{session.name}"]
+    session.run("python", "kernel/vm/run_guest.py", "--python", python.strip(), *out, *args)
 
 
 @nox.session(python=GUEST_PYTHON)

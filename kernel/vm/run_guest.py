@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     work = PROJECT / "build" / "guest"
     out = (args.out or work / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").resolve()
     if out.exists():
+        if any(out.iterdir()) and not (out / "job.sh").exists():
+            sys.exit(f"[guest] --out {out}: not empty and not an earlier report directory; not touching it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     run_dir = out / "run"
