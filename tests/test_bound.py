@@ -122,3 +122,25 @@ def test_bad_factories() -> None:
         GenerationBound(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="callable"):
         AsyncGenerationBound(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_running_restore_watcher_serves_as_the_probe(default_device: Backend) -> None:
+    from sysgenid_async import RestoreHooks, restore_watcher
+
+    value = generation_bound(object)
+    value()
+    standalone = shared_probe()
+    async with restore_watcher(hooks=RestoreHooks()) as watcher:
+        assert standalone.closed, "the probe-only file is closed: it must not hold orchestrators back"
+        watcher_device = watcher.handle.device
+        assert shared_probe() is watcher_device
+        before = value()
+        new = default_device.bump()
+        with anyio.fail_after(30):
+            while watcher.acknowledged != new:  # noqa: ASYNC110 - the watcher exposes no event
+                await anyio.sleep(0.01)
+        assert value() is not before
+        assert default_device.open_files() == 1, "one file: the watcher's"
+    assert shared_probe() is not watcher_device
+    close_shared_probe()

@@ -9,11 +9,12 @@
 The hot path is one read of the mapped page and one comparison: no syscall, no lock.
 Only a changed generation takes the lock and calls the factory again.
 
-The generation comes from a probe: by default a process-wide, probe-only handle on the
-default device, opened on first use. On v8 it does not count as a watcher. On v4 every
-open file is a watcher, so the probe acknowledges a change as soon as a bound value
-notices it (until then it shows as outdated); a process that runs a
-:class:`~sysgenid_async.RestoreWatcher` can pass ``probe=watcher.handle.device`` instead.
+The generation comes from a probe. By default, while a
+:class:`~sysgenid_async.RestoreWatcher` runs in the process, that is the watcher's own
+file (acknowledged after the hooks). Otherwise it is a process-wide, probe-only handle on
+the default device, opened on first use: on v8 it does not count as a watcher; on v4
+every open file is a watcher, so it acknowledges a change as soon as a bound value
+notices it, and until then shows as outdated.
 """
 
 from __future__ import annotations
@@ -42,11 +43,18 @@ class GenerationProbe(Protocol):
 
 _shared: Device | None = None
 _shared_lock = threading.Lock()
+# While a RestoreWatcher runs, bound values read its page: its file is acknowledged after
+# the hooks, so no extra watcher is left outdated (on v4 every open file is a watcher).
+_watcher_device: Device | None = None
 
 
 def shared_probe() -> Device:
-    """The process-wide probe-only handle on the default device (opened on first use)."""
+    """The process-wide probe: a running restore watcher's device, else a probe-only handle
+    on the default device (opened on first use)."""
     global _shared
+    watcher_device = _watcher_device
+    if watcher_device is not None:
+        return watcher_device
     probe = _shared
     if probe is None or probe.closed:
         with _shared_lock:
@@ -54,6 +62,17 @@ def shared_probe() -> Device:
                 _shared = Device.open(watcher=False)
             probe = _shared
     return probe
+
+
+def use_watcher_device(device: Device | None, *, previous: Device | None = None) -> None:
+    """Called by a RestoreWatcher as it starts (its device) and stops (None, if still its own)."""
+    global _watcher_device
+    with _shared_lock:
+        if device is None and _watcher_device is not previous:
+            return
+        _watcher_device = device
+    if device is not None:
+        close_shared_probe()  # an outdated probe-only file must not hold orchestrators back
 
 
 def close_shared_probe() -> None:
@@ -66,8 +85,9 @@ def close_shared_probe() -> None:
 
 
 def _acknowledge_probe(probe: GenerationProbe) -> None:
-    # On v4 the probe's own file is a watcher: confirm what it has seen.
-    if isinstance(probe, Device) and probe.watcher and not probe.closed:
+    # On v4 the standalone probe's file is a watcher: confirm what it has seen. (Never a
+    # restore watcher's file: that one is acknowledged after the hooks, by the watcher.)
+    if probe is _shared and isinstance(probe, Device) and probe.watcher and not probe.closed:
         pending = probe.read_nowait()
         if pending is not None:
             with contextlib.suppress(StaleGenerationError):  # a newer one: seen next time
@@ -90,9 +110,8 @@ class _Bound:
 
     @property
     def probe(self) -> GenerationProbe:
-        if self._probe is None:
-            self._probe = shared_probe()
-        return self._probe
+        """The probe given, or the process-wide one (looked up on each use)."""
+        return self._probe or shared_probe()
 
     def invalidate(self) -> None:
         """Force a rebuild on the next call."""
@@ -111,7 +130,7 @@ class GenerationBound(_Bound, Generic[T]):
         self._lock = threading.Lock()
 
     def get(self) -> T:
-        probe = self._probe or self.probe
+        probe = self._probe or shared_probe()
         if probe.generation == self._generation:
             return self._value  # type: ignore[return-value]
         return self._rebuild(probe)
@@ -138,7 +157,7 @@ class AsyncGenerationBound(_Bound, Generic[T]):
         self._lock: anyio.Lock | None = None
 
     async def get(self) -> T:
-        probe = self._probe or self.probe
+        probe = self._probe or shared_probe()
         if probe.generation == self._generation:
             return self._value  # type: ignore[return-value]
         if self._lock is None:

@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 
 from .async_device import AsyncSysGenID
+from .bound import use_watcher_device
 from .device import AbiChoice
 from .errors import StaleGenerationError
 from .hooks import RestoreHook, RestoreHooks, RestoreHooksError, restore_hooks
@@ -173,12 +174,14 @@ class RestoreWatcher:
         """Watch until cancelled."""
         async with AsyncSysGenID.open(self.path, abi=self.abi) as handle:
             self._handle = handle
+            use_watcher_device(handle.device)
             try:
                 task_status.started(self)
                 while True:
                     generation = await handle.wait_for_change()
                     await self._handle_generation(handle, generation)
             finally:
+                use_watcher_device(None, previous=handle.device)
                 self._handle = None
                 for subscription in list(self._subscribers):
                     subscription.close()
