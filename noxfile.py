@@ -15,7 +15,7 @@ GUEST_PYTHON = "3.11"
 
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "typecheck", "docs", "tests", "kernel", "kernel-fixed-abi", "dkms"]
+nox.options.sessions = ["lint", "typecheck", "docs", "tests", "kernel", "kernel-fixed-abi", "dkms", "clones"]
 
 
 def _expose_pyenv_interpreters() -> None:
@@ -75,6 +75,13 @@ def kernel_fixed_abi(session: nox.Session) -> None:
                *session.posargs)
 
 
+@nox.session(python=GUEST_PYTHON)
+def clones(session: nox.Session) -> None:
+    """Snapshot a running service in a QEMU guest, restore clones, check that they diverge (root)."""
+    session.install(".")
+    session.run("python", "kernel/vm/clones.py", *session.posargs)
+
+
 @nox.session(python=False)
 def dkms(session: nox.Session) -> None:
     """DKMS builds and installs the module against this machine's headers, then removes it (root)."""
@@ -106,10 +113,3 @@ def demo(session: nox.Session) -> None:
     """The end-to-end story on the simulator."""
     session.install(".")
     session.run("sysgenid-async", "demo")
-
-
-@nox.session(python=False)
-def ci(session: nox.Session) -> None:
-    """Everything CI runs, in order."""
-    for name in ["lint", "typecheck", "docs", *(f"tests-{v}" for v in PYTHONS), "kernel", "kernel-fixed-abi", "dkms"]:
-        session.notify(name)

@@ -349,6 +349,8 @@ def main() -> int:
                "noreseed": controls, "cont_to_report_ms": latencies, "failures": failures,
                "seconds": round(time.monotonic() - started, 1)}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    for leftover in work.glob("*.snapshot"):  # about 200 MiB each
+        leftover.unlink()
 
     header = f"{'run':<12} {'gen':>4} {'hooks':>5} {'orchestrator':<12} {'random':>11} {'secret':<17}"
     print(f"\n{header} {'cont->report':>12}")
