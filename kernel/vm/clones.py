@@ -11,7 +11,8 @@
    every hook ran once, the orchestrator saw every watcher catch up; across clones the
    ``random`` outputs and the generation-bound secrets differ.
 5. Controls: the reseed hook left out (``random`` then stays identical across clones), a
-   restore that keeps the GUID (no change), and a clone of a clone (a second bump).
+   restore that keeps the GUID (no change), and a clone of a clone (a second bump); and the
+   module in its v8 personality, cloned once.
 
 Prints a table and writes build/clones/results.json. Root; installs what it needs.
 Standard library only.
@@ -47,6 +48,8 @@ STDLIB_LEFT_OUT = {
 # anyio imports ssl, so _ssl (and OpenSSL) stay
 DYNLOAD_LEFT_OUT = re.compile(r"^(_sqlite3|_tkinter|_curses|readline|_dbm|nis|_test|xxlimited|_xx|"
                               r"audioop|ossaudiodev|_ctypes_test|_crypt)")
+# The library's dependencies and theirs, as far as Python 3.11 needs them (older anyio
+# releases also need sniffio); whichever of these the environment has is copied.
 SITE_PACKAGES = ["anyio", "sniffio", "idna", "typing_extensions.py"]
 
 
@@ -119,7 +122,10 @@ def build_image(module: Path, work: Path) -> Path:
     packages = site_packages()
     for name in SITE_PACKAGES:
         source = packages / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, root / "site" / name)
+        if source.is_dir():
+            shutil.copytree(source, root / "site" / name)
+        elif source.exists():
+            shutil.copy(source, root / "site" / name)
     shutil.copytree(PROJECT / "src" / "sysgenid_async", root / "site" / "sysgenid_async")
     shutil.copy(module, root / "sysgenid.ko")
     shutil.copy(HERE / "clone_service.py", root / "clone_service.py")
@@ -344,9 +350,15 @@ def main() -> int:
     check(len({c["random"] for c in controls}) == 1, "without the reseed hook, random should be identical")
     check(len({c["secret"] for c in controls}) == 2, "the generation-bound secret must differ even so")
 
-    latencies = sorted(c["cont_to_report_ms"] for c in [*clones, grandchild, *controls])
+    # The backend in the other personality: the shipped v8 ABI (no count of late watchers).
+    v8_snapshot, _ = boot_and_snapshot("v8", kver, image, work, append="sgabi=8")
+    v8 = restore("v8-clone", kver, image, work, v8_snapshot)
+    check(v8["generation"] == 1 and v8["hook_runs"] == 1, f"v8: generation {v8['generation']}, hooks {v8['hook_runs']}")
+    check(v8["orchestrator"] == "caught-up" and v8["late_watchers"] is None, f"v8: orchestrator {v8['orchestrator']}")
+
+    latencies = sorted(c["cont_to_report_ms"] for c in [*clones, grandchild, *controls, v8])
     results = {"kernel": kver, "clones": clones, "clone_of_clone": grandchild, "same_guid": same,
-               "noreseed": controls, "cont_to_report_ms": latencies, "failures": failures,
+               "noreseed": controls, "v8": v8, "cont_to_report_ms": latencies, "failures": failures,
                "seconds": round(time.monotonic() - started, 1)}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for leftover in work.glob("*.snapshot"):  # about 200 MiB each
@@ -354,7 +366,7 @@ def main() -> int:
 
     header = f"{'run':<12} {'gen':>4} {'hooks':>5} {'orchestrator':<12} {'random':>11} {'secret':<17}"
     print(f"\n{header} {'cont->report':>12}")
-    for row in [*clones, grandchild, *controls]:
+    for row in [*clones, grandchild, *controls, v8]:
         print(f"{row['name']:<12} {row['generation']:>4} {row['hook_runs']:>5} {row['orchestrator']:<12} "
               f"{row['random']:>11} {row['secret']:<17} {row['cont_to_report_ms']:>9.1f} ms")
     print(f"same-guid    no change: generations seen {same['generations']}, reports {len(same['reports'])}")
