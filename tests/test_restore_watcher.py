@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -139,3 +140,27 @@ async def test_watcher_states(backend: Backend) -> None:
         tasks.cancel_scope.cancel()
     with pytest.raises(RuntimeError, match="not running"):
         watcher.handle  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"initial_delay": 0}, {"initial_delay": 5, "max_delay": 1}, {"factor": 0.5}, {"max_attempts": -1}],
+)
+def test_bad_retry_policies(arguments: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="RetryPolicy needs"):
+        RetryPolicy(**arguments)  # type: ignore[arg-type]
+
+
+async def test_a_missing_device_fails_at_the_start_and_leaves_nothing() -> None:
+    from sysgenid_async import DeviceNotFoundError, Orchestrator
+
+    threads = threading.active_count()
+    with pytest.raises(DeviceNotFoundError):
+        async with restore_watcher("/nonexistent/sysgenid", hooks=RestoreHooks()):
+            pytest.fail("started without a device")
+    with pytest.raises(DeviceNotFoundError):
+        async with Orchestrator("/nonexistent/sysgenid"):
+            pytest.fail("started without a device")
+    with pytest.raises(ValueError, match="timeout"):
+        Orchestrator(timeout=-1)
+    assert threading.active_count() == threads

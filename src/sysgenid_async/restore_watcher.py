@@ -52,6 +52,14 @@ class RetryPolicy:
     #: None: retry until they succeed or a newer generation arrives
     max_attempts: int | None = None
 
+    def __post_init__(self) -> None:
+        if not self.initial_delay > 0 or not self.max_delay >= self.initial_delay:
+            raise ValueError("RetryPolicy needs 0 < initial_delay <= max_delay")
+        if not self.factor >= 1:
+            raise ValueError("RetryPolicy needs factor >= 1")
+        if self.max_attempts is not None and (isinstance(self.max_attempts, bool) or self.max_attempts < 0):
+            raise ValueError("RetryPolicy needs max_attempts >= 0, or None")
+
     def delays(self) -> Iterator[float]:
         delay = self.initial_delay
         attempt = 0
@@ -137,6 +145,7 @@ class RestoreWatcher:
         self.abi = abi
         self.retry = RetryPolicy() if retry is None else retry
         self._handle: AsyncSysGenID | None = None
+        self._opened: AsyncSysGenID | None = None  # opened ahead by restore_watcher()
         # Weak: a subscription dropped by its loop (break, error) must be freed, and so closed.
         self._subscribers: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._offered: int | None = None
@@ -172,7 +181,9 @@ class RestoreWatcher:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[RestoreWatcher] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch until cancelled."""
-        async with AsyncSysGenID.open(self.path, abi=self.abi) as handle:
+        handle = self._opened or AsyncSysGenID.open(self.path, abi=self.abi)
+        self._opened = None
+        async with handle:
             self._handle = handle
             use_watcher_device(handle.device)
             try:
@@ -274,6 +285,8 @@ async def restore_watcher(
     an ASGI lifespan. Hooks registered before it starts run on the first change.
     """
     watcher = RestoreWatcher(path, hooks=hooks, abi=abi, retry=retry)
+    # Open before the task group, so a missing device raises plainly, not in an ExceptionGroup.
+    watcher._opened = AsyncSysGenID.open(path, abi=abi)
     async with anyio.create_task_group() as tasks:
         await tasks.start(watcher.run)
         try:
