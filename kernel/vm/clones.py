@@ -39,7 +39,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent
-PACKAGES = ["qemu-system-x86", "linux-image-amd64", "linux-headers-amd64", "busybox-static", "cpio", "kmod"]
+PACKAGES = ["qemu-system-x86", "linux-image-amd64", "linux-headers-amd64", "busybox-static", "cpio", "kmod",
+            "python3.11"]  # Debian's interpreter and standard library, for the guest's root
 PYTHON = Path("/usr/bin/python3.11")  # Debian's: libpython linked in, few shared libraries
 STDLIB_LEFT_OUT = {
     "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "distutils",
