@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections.abc import AsyncIterator
 from types import TracebackType
 
@@ -21,7 +20,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from .device import WAIT_SLICE_SECONDS, AbiChoice, Device, DeviceHandle, WaitResult, validate_timeout
+from .device import AbiChoice, Device, DeviceHandle, SlicedWait, WaitResult
 from .errors import DeviceClosedError
 
 __all__ = ["AsyncSysGenID", "open_sysgenid"]
@@ -80,16 +79,10 @@ class AsyncSysGenID(DeviceHandle):
         :attr:`WaitResult.CALLER_OUTDATED` (acknowledge first, then wait again).
         Cancellable: the worker thread's current slice (<= 50 ms) finishes first.
         """
-        timeout = validate_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = SlicedWait(timeout)
         while True:
-            remaining = WAIT_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
-            result = await anyio.to_thread.run_sync(
-                self._device.wait_watchers_slice, min(max(remaining, 0.0), WAIT_SLICE_SECONDS)
-            )
-            if result is not WaitResult.TIMED_OUT:
-                return result
-            if deadline is not None and time.monotonic() >= deadline:
+            result = await anyio.to_thread.run_sync(self._device.wait_watchers_slice, wait.next_slice())
+            if result is not WaitResult.TIMED_OUT or wait.expired():
                 return result
 
     def close(self) -> None:

@@ -41,6 +41,22 @@ AbiChoice = Abi | Literal["auto", "v4", "v8"]
 WAIT_SLICE_SECONDS = 0.05
 
 
+class SlicedWait:
+    """The deadline of a ``wait_watchers`` call, handed out as slices of at most 50 ms."""
+
+    def __init__(self, timeout: object) -> None:
+        seconds = validate_timeout(timeout)
+        self._deadline = None if seconds is None else time.monotonic() + seconds
+
+    def next_slice(self) -> float:
+        if self._deadline is None:
+            return WAIT_SLICE_SECONDS
+        return min(max(self._deadline - time.monotonic(), 0.0), WAIT_SLICE_SECONDS)
+
+    def expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+
 class WaitResult(enum.Enum):
     """How a wait for the other watchers ended."""
 
@@ -330,14 +346,10 @@ class Device:
         Waits in slices of at most 50 ms, so that a close from another thread and
         Python's signal handlers take effect promptly.
         """
-        timeout = validate_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = SlicedWait(timeout)
         while True:
-            remaining = WAIT_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
-            result = self.wait_watchers_slice(min(max(remaining, 0.0), WAIT_SLICE_SECONDS))
-            if result is not WaitResult.TIMED_OUT:
-                return result
-            if deadline is not None and time.monotonic() >= deadline:
+            result = self.wait_watchers_slice(wait.next_slice())
+            if result is not WaitResult.TIMED_OUT or wait.expired():
                 return result
 
     # -- closing -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ up, the generation stays unacknowledged until the next one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -211,24 +212,19 @@ class RestoreWatcher:
         await self._moved_on(handle, generation, None)
 
     async def _run_hooks(self, handle: AsyncSysGenID, generation: int) -> bool:
-        failed: list[RestoreHook] | None = None
-        try:
-            await self.hooks.run(generation)
-            self.last_error = None
-            return True
-        except RestoreHooksError as error:
-            self.last_error = error
-            failed = error.hooks
-        for delay in self.retry.delays():
-            if await self._moved_on(handle, generation, delay):
+        """Run every hook, then retry the failed ones per the policy; True once all succeeded."""
+        only: list[RestoreHook] | None = None  # the first run: every hook
+        for delay in itertools.chain([None], self.retry.delays()):
+            if delay is not None and await self._moved_on(handle, generation, delay):
                 return False
             try:
-                await self.hooks.run(generation, only=failed)
-                self.last_error = None
-                return True
+                await self.hooks.run(generation, only=only)
             except RestoreHooksError as error:
                 self.last_error = error
-                failed = error.hooks
+                only = error.hooks
+                continue
+            self.last_error = None
+            return True
         logger.error("restore hooks still failing for generation %d: left unacknowledged", generation)
         return False
 
