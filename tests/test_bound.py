@@ -143,4 +143,28 @@ async def test_a_running_restore_watcher_serves_as_the_probe(default_device: Bac
         assert value() is not before
         assert default_device.open_files() == 1, "one file: the watcher's"
     assert shared_probe() is not watcher_device
+    # The watcher's page is gone: the value finds the reopened probe and still follows changes.
+    during = value()
+    default_device.bump()
+    assert value() is not during
     close_shared_probe()
+
+
+@pytest.mark.anyio
+async def test_a_closed_explicit_probe_raises_its_typed_error(backend: Backend) -> None:
+    from sysgenid_async import DeviceClosedError
+
+    probe = Device.open(backend.path, watcher=False)
+    value = GenerationBound(object, probe=probe)
+    async_value = AsyncGenerationBound(_async_object, probe=probe)
+    value()
+    await async_value.get()
+    probe.close()
+    with pytest.raises(DeviceClosedError):
+        value()
+    with pytest.raises(DeviceClosedError):
+        await async_value.get()
+
+
+async def _async_object() -> object:
+    return object()

@@ -95,15 +95,32 @@ def _acknowledge_probe(probe: GenerationProbe) -> None:
 
 
 _UNSET = object()
+# Stands in for a page view when the probe has none (any object with ``generation``): its
+# one value is never a u32 nor the unbuilt marker, so the hot path falls to the slow one.
+_NO_VIEW = (-2,)
+
+
+def _page_view_of(probe: GenerationProbe) -> memoryview | tuple[int]:
+    """The live page view behind ``probe`` (a Device or a handle on one), or ``_NO_VIEW``."""
+    device = probe if isinstance(probe, Device) else getattr(probe, "device", None)
+    view = device.page_view() if isinstance(device, Device) else None
+    return _NO_VIEW if view is None else view
 
 
 class _Bound:
-    """The state both bound values share: the probe, the value, and the generation it is for."""
+    """The state both bound values share: the probe, the value, and the generation it is for.
+
+    The hot path indexes the probe's page view, cached here: no property, no lookup of the
+    shared probe. When that probe closes (a restore watcher starting or stopping swaps the
+    shared probe), its view is released, indexing raises ``ValueError``, and the slow path
+    looks the probe up again.
+    """
 
     def __init__(self, factory: Callable[[], object], probe: GenerationProbe | None) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
         self._probe = probe
+        self._view: memoryview | tuple[int] = _NO_VIEW
         self._generation = -1  # never a u32: the first get() builds
         self._value: object = _UNSET
         self.rebuilds = 0
@@ -113,6 +130,13 @@ class _Bound:
         """The probe given, or the process-wide one (looked up on each use)."""
         return self._probe or shared_probe()
 
+    def _current(self) -> tuple[GenerationProbe, int]:
+        """Look the probe up, cache its page view, and read its generation."""
+        probe = self._probe or shared_probe()
+        generation = probe.generation  # raises the probe's own error (closed, not running)
+        self._view = _page_view_of(probe)
+        return probe, generation
+
     def invalidate(self) -> None:
         """Force a rebuild on the next call."""
         self._generation = -1
@@ -121,7 +145,8 @@ class _Bound:
 class GenerationBound(_Bound, Generic[T]):
     """A value built by ``factory()`` and rebuilt when the generation differs from its own.
 
-    Thread-safe: concurrent callers after a change see one rebuild. Call it (or ``get()``).
+    Thread-safe: concurrent callers after a change see one rebuild. Call it, or bind
+    ``get = value.get`` in a hot loop: a method call is cheaper than an instance call.
     """
 
     def __init__(self, factory: Callable[[], T], *, probe: GenerationProbe | None = None) -> None:
@@ -130,16 +155,21 @@ class GenerationBound(_Bound, Generic[T]):
         self._lock = threading.Lock()
 
     def get(self) -> T:
-        probe = self._probe or shared_probe()
-        if probe.generation == self._generation:
+        try:
+            if self._view[0] == self._generation:
+                return self._value  # type: ignore[return-value]
+        except ValueError:  # the cached page was released: its probe closed
+            pass
+        return self._slow_get()
+
+    __call__ = get  # one Python frame, not two
+
+    def _slow_get(self) -> T:
+        probe, generation = self._current()
+        if generation == self._generation:
             return self._value  # type: ignore[return-value]
-        return self._rebuild(probe)
-
-    __call__ = get
-
-    def _rebuild(self, probe: GenerationProbe) -> T:
         with self._lock:
-            generation = probe.generation
+            probe, generation = self._current()
             if generation != self._generation:
                 _acknowledge_probe(probe)
                 value = self._factory()
@@ -157,13 +187,18 @@ class AsyncGenerationBound(_Bound, Generic[T]):
         self._lock: anyio.Lock | None = None
 
     async def get(self) -> T:
-        probe = self._probe or shared_probe()
-        if probe.generation == self._generation:
+        try:
+            if self._view[0] == self._generation:
+                return self._value  # type: ignore[return-value]
+        except ValueError:  # the cached page was released: its probe closed
+            pass
+        probe, generation = self._current()
+        if generation == self._generation:
             return self._value  # type: ignore[return-value]
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
-            generation = probe.generation
+            probe, generation = self._current()
             if generation != self._generation:
                 _acknowledge_probe(probe)
                 value = await self._factory()

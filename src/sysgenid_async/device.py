@@ -203,6 +203,15 @@ class Device:
         """The current generation, read from the mapped page: no syscall."""
         return self._view[0]
 
+    def page_view(self) -> memoryview | None:
+        """The mapped page as a u32 view (index 0 is the generation), or None once closed.
+
+        For hot paths that cache it: once the handle is closed the view is released, and
+        indexing it raises ``ValueError``, the cue to look the device up again.
+        """
+        view = self._view
+        return view if isinstance(view, memoryview) else None
+
     # -- syscalls ------------------------------------------------------------------------
 
     def fileno(self) -> int:
@@ -406,7 +415,7 @@ class DeviceHandle:
     @property
     def generation(self) -> int:
         """The current generation from the mapped page: one memory read, no syscall."""
-        return self._device.generation
+        return self._device._view[0]  # not via Device.generation: one property call, not two
 
     def ack(self, generation: int) -> None:
         """Acknowledge ``generation``; :class:`StaleGenerationError` if the device moved on."""
