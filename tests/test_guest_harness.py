@@ -56,11 +56,20 @@ def test_a_bad_module_argument_is_refused(harness: ModuleType, tmp_path: Path) -
 
 
 def test_the_guest_job_runs_pytest_on_the_kernel_backends(harness: ModuleType, tmp_path: Path) -> None:
-    args = harness.argparse.Namespace(python="/usr/bin/python3", abi="v8", no_abi_param=True, pytest_args=["-k", "x"])
+    args = harness.argparse.Namespace(python="/usr/bin/python3", abi="v8", no_abi_param=True, pytest_args=["-k", "x"],
+                                      script=None)
     job = harness.guest_job(args, Path("/m/driver.ko"), tmp_path)
     assert "--device-backends=kernel" in job and "--kernel-module=/m/driver.ko" in job
     assert "--kernel-abis=v8" in job and "--kernel-no-abi-param" in job and "-k x" in job
     assert f"--junitxml={tmp_path / 'junit.xml'}" in job
+
+
+def test_the_guest_job_can_run_a_script_instead(harness: ModuleType, tmp_path: Path) -> None:
+    args = harness.argparse.Namespace(python="/usr/bin/python3", abi="v8", no_abi_param=False,
+                                      pytest_args=["--backend", "kernel-v8"], script=Path("benchmarks/run.py"))
+    job = harness.guest_job(args, Path("/m/driver.ko"), tmp_path)
+    assert f"benchmarks/run.py --kernel-module=/m/driver.ko --out={tmp_path} --backend kernel-v8" in job
+    assert "-m pytest" not in job
 
 
 def test_stop_ends_every_process_it_started(harness: ModuleType) -> None:

@@ -121,7 +121,25 @@ def resolve_module(spec: str | None, kver: str, work: Path, make_args: list[str]
 
 def guest_job(args: argparse.Namespace, module: Path, out: Path) -> str:
     """The script the guest runs, as root, from the project directory."""
-    pytest_args = [
+    if args.script:  # another program than the test suite (the benchmarks), told where things are
+        command = [str(args.script), f"--kernel-module={module}", f"--out={out}", *args.pytest_args]
+    else:
+        command = _pytest_command(args, module, out)
+    return "\n".join([
+        "set -u",
+        f"cd {shlex.quote(str(PROJECT))}",
+        "export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
+        "echo 7 > /proc/sys/kernel/printk",
+        f"{shlex.quote(args.python)} {shlex.join(command)}",
+        "rc=$?",
+        f"dmesg > {shlex.quote(str(out / 'dmesg.txt'))}",
+        "exit $rc",
+        "",
+    ])
+
+
+def _pytest_command(args: argparse.Namespace, module: Path, out: Path) -> list[str]:
+    return [
         "-m", "pytest", "-p", "no:cacheprovider", "-m", "device",
         "--device-backends=kernel",
         f"--kernel-module={module}",
@@ -131,17 +149,6 @@ def guest_job(args: argparse.Namespace, module: Path, out: Path) -> str:
         *(["--kernel-no-abi-param"] if args.no_abi_param else []),
         *args.pytest_args,
     ]
-    return "\n".join([
-        "set -u",
-        f"cd {shlex.quote(str(PROJECT))}",
-        "export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
-        "echo 7 > /proc/sys/kernel/printk",
-        f"{shlex.quote(args.python)} {shlex.join(pytest_args)}",
-        "rc=$?",
-        f"dmesg > {shlex.quote(str(out / 'dmesg.txt'))}",
-        "exit $rc",
-        "",
-    ])
 
 
 class Guest:
@@ -259,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smp", type=int, default=2)
     parser.add_argument("--no-install", action="store_true", help="do not install missing Debian packages")
     parser.add_argument("-v", "--verbose", action="store_true", help="echo the guest's console")
-    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    parser.add_argument("--script", type=Path,
+                        help="run this Python script instead of the test suite, with --kernel-module= and "
+                             "--out= (the report directory) before the arguments after --")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest (or --script) arguments (after --)")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -304,10 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in trouble:
             print(f"    {line}", file=sys.stderr)
         return 98
+    what = f"{args.script}" if args.script else "the device tests"
     if job_status != 0:
-        log(f"FAILED: the device tests exited with {job_status}")
+        log(f"FAILED: {what} exited with {job_status}")
         return job_status
-    log("device tests passed in the guest; kernel log clean")
+    log(f"{what} passed in the guest; kernel log clean")
     return 0
 
 

@@ -16,9 +16,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
-import anyio.to_thread
+from anyio.lowlevel import checkpoint, current_token
 
 from .device import AbiChoice, Device, DeviceHandle, SlicedWait, WaitResult
 from .errors import DeviceClosedError
@@ -57,14 +55,19 @@ class AsyncSysGenID(DeviceHandle):
         :class:`~sysgenid_async.DeviceClosedError` if the handle is closed meanwhile.
         """
         device = self._device
+        # Up to date by the page: skip the read, which would fail with EAGAIN, and wait.
+        # After a wake-up always read, so a wrong hint cannot spin.
+        read_first = device.generation != device.acknowledged
         while True:
-            generation = device.read_nowait()
-            if generation is not None:
-                return generation
+            if read_first:
+                generation = device.read_nowait()
+                if generation is not None:
+                    return generation
+            read_first = True
             with device.using_fd() as fd:
                 self._waiters += 1
                 self._waiter_thread = threading.get_ident()
-                self._waiter_token = anyio.lowlevel.current_token()
+                self._waiter_token = current_token()
                 try:
                     await anyio.wait_readable(fd)
                 except anyio.ClosedResourceError:
@@ -81,7 +84,9 @@ class AsyncSysGenID(DeviceHandle):
         """
         wait = SlicedWait(timeout)
         while True:
-            result = await anyio.to_thread.run_sync(self._device.wait_watchers_slice, wait.next_slice())
+            from anyio import to_thread  # here, not at import: it pulls in the thread machinery
+
+            result = await to_thread.run_sync(self._device.wait_watchers_slice, wait.next_slice())
             if result is not WaitResult.TIMED_OUT or wait.expired():
                 return result
 
@@ -109,11 +114,13 @@ class AsyncSysGenID(DeviceHandle):
         # From another thread: let the loop drop its reader before the fd is closed.
         # If that loop is closed there is no reader left to drop.
         with contextlib.suppress(RuntimeError):
-            anyio.from_thread.run_sync(anyio.notify_closing, fd, token=token)
+            from anyio import from_thread  # imported on first use: rarely needed, slow to import
+
+            from_thread.run_sync(anyio.notify_closing, fd, token=token)
 
     async def aclose(self) -> None:
         self.close()
-        await anyio.lowlevel.checkpoint()
+        await checkpoint()
 
     async def __aenter__(self) -> AsyncSysGenID:
         return self

@@ -150,6 +150,9 @@ class Device:
             page = raw.map_page()
         self._page = page
         self._view: memoryview | _ClosedView = page.cast("I")
+        #: The generation this handle last acknowledged; at first, the one it opened at
+        #: (a new file starts up to date). A hint that spares a read; poll is the truth.
+        self.acknowledged: int = self._view[0]
         self._finalizer = weakref.finalize(self, _close_quietly, raw, page, self._view)
 
     # -- opening -------------------------------------------------------------------------
@@ -278,6 +281,7 @@ class Device:
                     if exc.errno != errno.EINVAL:
                         raise
                     raise StaleGenerationError(generation, self.generation) from None
+            self.acknowledged = generation
         finally:
             self._exit()
 

@@ -7,9 +7,7 @@ exception fits, the class derives from it too, so ``except PermissionError`` and
 
 from __future__ import annotations
 
-import contextlib
 import errno
-from collections.abc import Iterator
 
 __all__ = [
     "AbiMismatchError",
@@ -103,19 +101,27 @@ def _device_hint(path: str) -> str:
     )
 
 
-@contextlib.contextmanager
-def map_os_errors(operation: str, path: str) -> Iterator[None]:
+class map_os_errors:  # noqa: N801 - used like a function: ``with map_os_errors("read", path):``
     """Turn an ``OSError`` raised inside the block into the library's typed error.
 
     ``operation`` is one of ``open``, ``read``, ``ack``, ``probe``, ``map``, ``trigger``,
-    ``tracking``, ``wait`` or ``outdated``; it decides what an errno means.
+    ``tracking``, ``wait`` or ``outdated``; it decides what an errno means. A class, not
+    a generator-based context manager: it wraps every read and ack, so it must be cheap.
     """
-    try:
-        yield
-    except SysGenIDError:
-        raise
-    except OSError as exc:
-        raise _translate(exc, operation, path) from exc
+
+    __slots__ = ("operation", "path")
+
+    def __init__(self, operation: str, path: str) -> None:
+        self.operation = operation
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, OSError) and not isinstance(exc, SysGenIDError):
+            raise _translate(exc, self.operation, self.path) from exc
+        return False
 
 
 def _translate(exc: OSError, operation: str, path: str) -> SysGenIDError:

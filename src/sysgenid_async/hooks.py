@@ -19,10 +19,9 @@ the event loop's thread, so a hook may rely on the ones before it.
 
 from __future__ import annotations
 
+import bisect
 import enum
-import inspect
 import itertools
-import logging
 import sys
 import threading
 import weakref
@@ -31,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import anyio
-import anyio.to_thread
+
+from ._log import log_error
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
     from exceptiongroup import ExceptionGroup
@@ -46,7 +46,7 @@ __all__ = [
     "restore_hooks",
 ]
 
-logger = logging.getLogger("sysgenid_async.hooks")
+LOGGER_NAME = "sysgenid_async.hooks"
 
 HookFunction = Callable[[int], Awaitable[None] | None]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -128,7 +128,13 @@ class RestoreHook:
             else:
                 # A sync hook can only be timed out from outside: it runs in a worker
                 # thread, which finishes in the background if it overruns.
-                await anyio.to_thread.run_sync(function, generation, abandon_on_cancel=True)
+                from anyio import to_thread  # on first use: slow to import, and most hooks need none
+
+                await to_thread.run_sync(function, generation, abandon_on_cancel=True)
+
+
+def _run_order(hook: RestoreHook) -> tuple[int, int]:
+    return hook.priority, hook.sequence
 
 
 def _hook_name(function: Callable[..., Any]) -> str:
@@ -194,6 +200,8 @@ class RestoreHooks:
             raise TypeError(f"priority must be an int, not {type(priority).__name__}")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        import inspect  # at registration, not at import: it is slow to import
+
         target: Callable[[], HookFunction | None]
         if weak:
             reference = weakref.WeakMethod(function) if inspect.ismethod(function) else weakref.ref(function)
@@ -210,9 +218,8 @@ class RestoreHooks:
                 getattr(function, "__call__", None)  # noqa: B004 - async callable objects
             ),
         )
-        with self._lock:
-            self._hooks.append(hook)
-            self._hooks.sort(key=lambda h: (h.priority, h.sequence))
+        with self._lock:  # kept in run order; sequence numbers only grow, so insort keeps ties in order
+            bisect.insort(self._hooks, hook, key=_run_order)
         return function
 
     def unregister(self, function: Callable[..., Any]) -> bool:
@@ -252,7 +259,7 @@ class RestoreHooks:
                 raise
             except Exception as exc:
                 error = HookError(hook, generation, exc)
-                logger.error("%s", error, exc_info=exc)
+                log_error(LOGGER_NAME, "%s", error, exc_info=exc)
                 errors.append(error)
         if errors:
             raise RestoreHooksError(generation, errors)

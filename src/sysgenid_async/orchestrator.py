@@ -12,7 +12,6 @@ anyone was (``late_watchers`` is None).
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -120,5 +119,5 @@ async def _call(callback: Callback | None, generation: int) -> None:
     if callback is None:
         return
     result = callback(generation)
-    if inspect.isawaitable(result):
+    if isinstance(result, Awaitable):
         await result

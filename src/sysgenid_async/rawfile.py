@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import mmap
 import os
 import stat
@@ -50,7 +49,7 @@ def _load_libc_ioctl() -> Callable[[int, int, int], int]:
     # ctypes, not fcntl.ioctl: Python 3.14's fcntl.ioctl retries EINTR (gh-132742), which
     # WAIT_WATCHERS uses as a result, and fcntl.ioctl parses the argument as a C int, which
     # cannot carry a minimum generation of 2**31 or more. ctypes releases the GIL.
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the C library already loaded: no ctypes.util (slow to import)
     func = libc.ioctl
     func.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
     func.restype = ctypes.c_int

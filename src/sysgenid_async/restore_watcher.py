@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import math
 import os
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
-import anyio.abc
 
+if TYPE_CHECKING:
+    import anyio.abc
+
+from ._log import log_error
 from .async_device import AsyncSysGenID
 from .bound import use_watcher_device
 from .device import AbiChoice
@@ -40,7 +43,7 @@ from .hooks import RestoreHook, RestoreHooks, RestoreHooksError, restore_hooks
 
 __all__ = ["RestoreWatcher", "RetryPolicy", "Subscription", "restore_watcher"]
 
-logger = logging.getLogger("sysgenid_async.restore_watcher")
+LOGGER_NAME = "sysgenid_async.restore_watcher"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class Subscription:
     iteration starts; leaving the loop (``break``, an error) unsubscribes, and from then on
     this subscriber is not waited for. Generations that pile up coalesce to the latest.
     """
+
+    # One per subscriber, possibly thousands: no per-instance dict.
+    __slots__ = ("__weakref__", "_closed", "_delivered", "_handled", "_wakeup", "_watcher")
 
     def __init__(self, watcher: RestoreWatcher) -> None:
         self._watcher = watcher
@@ -225,7 +231,7 @@ class RestoreWatcher:
                 continue
             self.last_error = None
             return True
-        logger.error("restore hooks still failing for generation %d: left unacknowledged", generation)
+        log_error(LOGGER_NAME, "restore hooks still failing for generation %d: left unacknowledged", generation)
         return False
 
     async def _moved_on(self, handle: AsyncSysGenID, generation: int, timeout: float | None) -> bool:

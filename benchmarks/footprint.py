@@ -1,0 +1,92 @@
+"""Footprint: resident memory per open handle, import time, and CLI start-up.
+
+- RSS per handle: open many ``AsyncSysGenID`` handles (each reads its page once, so the
+  page is resident), and divide the growth of VmRSS by their number.
+- Import time: in a fresh interpreter, the wall time of ``import sysgenid_async`` against
+  ``import anyio`` alone (which it needs); the interpreters take turns.
+- CLI start-up: ``sysgenid-async status`` in a fresh process, against ``python -c pass``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import time
+
+from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds
+
+IMPORT_TIMER = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def rss_per_handle(device: DeviceUnderTest, count: int) -> float:
+    from sysgenid_async import AsyncSysGenID
+
+    warm = [AsyncSysGenID.open(device.path) for _ in range(8)]  # code paths and caches in
+    for handle in warm:
+        handle.close()
+    gc.collect()
+    before = _rss_kib()
+    handles = [AsyncSysGenID.open(device.path) for _ in range(count)]
+    for handle in handles:
+        _ = handle.generation
+    after = _rss_kib()
+    for handle in handles:
+        handle.close()
+    return (after - before) * 1024 / count
+
+
+def _time_import(module: str) -> float:
+    done = subprocess.run([sys.executable, "-c", IMPORT_TIMER.format(module=module)],
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout) * 1000
+
+
+def _time_command(command: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, capture_output=True, check=True, env=env)
+    return (time.perf_counter() - started) * 1000
+
+
+def run(device: DeviceUnderTest, results: Results, *, rounds: int, handles: int) -> None:
+    per_handle = [rss_per_handle(device, handles) for _ in range(rounds)]
+    results.measures.append(Measure(
+        "footprint", Figure(f"RSS per open handle ({handles} handles, page touched)", "bytes", per_handle),
+        target=64 * 1024,
+    ))
+    pairs = []
+    for _ in range(rounds):
+        pairs.append(([_time_import("sysgenid_async")], [_time_import("anyio")]))
+    results.comparisons.append(compare_rounds(
+        "footprint", "import sysgenid_async", "ms", pairs, target=1.25,
+        note="baseline: import anyio alone, in a fresh interpreter",
+    ))
+    if device.kernel:  # the CLI opens the real device; the simulator lives only in this process
+        env = dict(os.environ)
+        cli = [sys.executable, "-m", "sysgenid_async", "--device", device.path, "status"]
+        pairs = []
+        for _ in range(rounds):
+            pairs.append(([_time_command(cli, env)], [_time_command([sys.executable, "-c", "pass"], env)]))
+        results.comparisons.append(compare_rounds(
+            "footprint", "CLI start-up: sysgenid-async status", "ms", pairs,
+            note="baseline: python -c pass (interpreter start-up alone)",
+        ))
+    else:
+        env = dict(os.environ)
+        cli = [sys.executable, "-m", "sysgenid_async", "--help"]
+        pairs = []
+        for _ in range(rounds):
+            pairs.append(([_time_command(cli, env)], [_time_command([sys.executable, "-c", "pass"], env)]))
+        results.comparisons.append(compare_rounds(
+            "footprint", "CLI start-up: sysgenid-async --help", "ms", pairs,
+            note="baseline: python -c pass; on the host there is no device for status",
+        ))
