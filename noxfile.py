@@ -15,7 +15,9 @@ GUEST_PYTHON = "3.11"
 
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "typecheck", "docs", "tests", "kernel", "kernel-fixed-abi", "dkms", "clones"]
+nox.options.sessions = [
+    "lint", "typecheck", "docs", "tests", "kernel", "kernel-fixed-abi", "dkms", "clones", "bench-smoke",
+]
 
 
 def _expose_pyenv_interpreters() -> None:
@@ -82,6 +84,33 @@ def clones(session: nox.Session) -> None:
     session.run("python", "kernel/vm/clones.py", *session.posargs)
 
 
+def _bench(session: nox.Session, *, quick: bool, docs: bool) -> None:
+    """The benchmarks on the simulator here, then on the kernel module in the guest, then the report."""
+    session.install(".[test,bench]")
+    python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True)
+    assert isinstance(python, str)
+    out = "build/bench-smoke" if quick else "build/bench"
+    extra = ["--quick"] if quick else []
+    session.run("python", "benchmarks/run.py", "--backend", "sim-v8", "--out", out, *extra)
+    session.run("python", "kernel/vm/run_guest.py", "--python", python.strip(), "--memory", "3072",
+                "--out", f"{out}/guest", "--script", "benchmarks/run.py",
+                "--", "--backend", "kernel-v8", "--place", "QEMU guest (TCG)", *extra)
+    results = [f"{out}/sim-v8.json", f"{out}/guest/kernel-v8.json"]
+    session.run("python", "benchmarks/report.py", *results, *(["--docs", "docs"] if docs else []))
+
+
+@nox.session(python=GUEST_PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite, simulator and guest (root; ~10 minutes). ``-- --docs``: update the docs."""
+    _bench(session, quick=False, docs="--docs" in session.posargs)
+
+
+@nox.session(name="bench-smoke", python=GUEST_PYTHON)
+def bench_smoke(session: nox.Session) -> None:
+    """Every benchmark with tiny counts, simulator and guest: the suite still runs (figures mean nothing)."""
+    _bench(session, quick=True, docs=False)
+
+
 @nox.session(python=False)
 def dkms(session: nox.Session) -> None:
     """DKMS builds and installs the module against this machine's headers, then removes it (root)."""
@@ -91,7 +120,7 @@ def dkms(session: nox.Session) -> None:
 @nox.session(python=GUEST_PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "src", "tests", "examples", "noxfile.py", "kernel/vm")
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "noxfile.py", "kernel/vm")
 
 
 @nox.session(python=GUEST_PYTHON)

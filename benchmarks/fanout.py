@@ -187,7 +187,7 @@ def run(device: DeviceUnderTest, results: Results, *, rounds: int, per_round: in
         results.measures.append(Measure(
             "fan-out memory", Figure("baseline: per task waiting on an Event", "bytes", [held["baseline"]]),
         ))
-        curve: dict[str, list[float]] = {"x": scaling, "library": [], "baseline": []}
+        curve: dict[str, list[float]] = {"x": [float(count) for count in scaling], "library": [], "baseline": []}
         for count in scaling:
             for kind in ("library", "baseline"):
                 times = await _timed_bumps(device, kind, count, max(1, per_round // 2))

@@ -195,7 +195,8 @@ def _measure(device: DeviceUnderTest, kind: str, count: int, triggers: int) -> l
 
 def run(device: DeviceUnderTest, results: Results, *, rounds: int, per_round: int, counts: list[int]) -> None:
     kinds = ["library", "baseline", "blocking"] if device.kernel else ["library", "baseline"]
-    curve: dict[str, list[float]] = {"x": counts, **{kind: [] for kind in kinds}, "ratio": []}
+    curve: dict[str, list[float]] = {"x": [float(count) for count in counts], "ratio": []}
+    curve.update({kind: [] for kind in kinds})
     where = "watcher processes" if device.kernel else "watcher tasks in one process"
     for count in counts:
         got: dict[str, list[list[float]]] = {kind: [] for kind in kinds}

@@ -29,7 +29,7 @@ from common import DeviceUnderTest, Results, to_json  # noqa: E402
 
 BENCHMARKS = ["probe", "wakeup", "fanout", "quiescence", "footprint"]
 
-FULL = {
+FULL: dict[str, dict[str, Any]] = {
     "probe": {"rounds": 9, "number": 200_000},
     "wakeup": {"rounds": 7, "per_round": 30},
     "fanout": {"rounds": 5, "per_round": 3, "subscribers": 10_000, "scaling": [100, 1_000, 10_000]},
@@ -37,7 +37,7 @@ FULL = {
     "footprint": {"rounds": 7, "handles": 400},
 }
 # A smoke run: every code path, tiny counts (the test suite runs this; its figures mean nothing).
-QUICK = {
+QUICK: dict[str, dict[str, Any]] = {
     "probe": {"rounds": 2, "number": 2_000},
     "wakeup": {"rounds": 2, "per_round": 2},
     "fanout": {"rounds": 2, "per_round": 1, "subscribers": 200, "scaling": [20, 200]},

@@ -114,7 +114,7 @@ class ThreadWatcher:
 
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
-            self.task = asyncio.current_task()  # type: ignore[assignment]
+            self.task = asyncio.current_task()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher_for(kind)(path, lambda g, t: self.reports.put((g, t)), started.set)
 

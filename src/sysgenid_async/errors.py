@@ -118,10 +118,9 @@ class map_os_errors:  # noqa: N801 - used like a function: ``with map_os_errors(
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, OSError) and not isinstance(exc, SysGenIDError):
             raise _translate(exc, self.operation, self.path) from exc
-        return False
 
 
 def _translate(exc: OSError, operation: str, path: str) -> SysGenIDError:
