@@ -74,11 +74,7 @@ def plots(reports: list[dict[str, Any]], directory: Path) -> list[str]:
             axes.set_xticks(range(1, len(kinds) + 1), kinds, rotation=15)
             axes.set_ylabel("bump to loop body (us)")
             axes.set_title(f"Wake-up latency, {backend} ({report['machine']['place']})")
-            figure.tight_layout()
-            name = f"wakeup-{backend}.png"
-            figure.savefig(directory / name, dpi=110)
-            plt.close(figure)
-            written.append(name)
+            written.append(_save(figure, directory / f"wakeup-{backend}.png"))
         if "fanout" in series or "quiescence" in series:
             figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
             if "fanout" in series:
@@ -102,12 +98,17 @@ def plots(reports: list[dict[str, Any]], directory: Path) -> list[str]:
                 right.set_title("Quiescence")
                 right.legend()
             figure.suptitle(f"Scaling, {backend} ({report['machine']['place']})")
-            figure.tight_layout()
-            name = f"scaling-{backend}.png"
-            figure.savefig(directory / name, dpi=110)
-            plt.close(figure)
-            written.append(name)
+            written.append(_save(figure, directory / f"scaling-{backend}.png"))
     return written
+
+
+def _save(figure: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path.name
 
 
 def main(argv: list[str] | None = None) -> int:
