@@ -126,7 +126,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=GUEST_PYTHON)
 def typecheck(session: nox.Session) -> None:
     # mypy checks for 3.10 too, where the exceptiongroup backport is imported
-    session.install("-e", ".[test,docs]", "mypy>=1.10", "nox", "exceptiongroup>=1.2")
+    session.install("-e", ".[test,docs,bench]", "mypy>=1.10", "nox", "exceptiongroup>=1.2")
     session.run("mypy", "--strict")
 
 
