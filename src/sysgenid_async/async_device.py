@@ -35,7 +35,8 @@ class AsyncSysGenID(DeviceHandle):
         super().__init__(device)
         self._waiter_thread: int | None = None
         self._waiter_token: anyio.lowlevel.EventLoopToken | None = None
-        self._waiters = 0
+        # One ticket per task polling the fd; each holds the device open (in flight).
+        self._polling: set[object] = set()
 
     @classmethod
     def open(
@@ -64,16 +65,19 @@ class AsyncSysGenID(DeviceHandle):
                 if generation is not None:
                     return generation
             read_first = True
-            with device.using_fd() as fd:
-                self._waiters += 1
-                self._waiter_thread = threading.get_ident()
-                self._waiter_token = current_token()
-                try:
-                    await anyio.wait_readable(fd)
-                except anyio.ClosedResourceError:
-                    raise DeviceClosedError(f"{device.path}: the handle was closed while waiting") from None
-                finally:
-                    self._waiters -= 1
+            device._enter()  # the fd stays open (a close is deferred) while we poll it
+            ticket = object()
+            self._polling.add(ticket)
+            self._waiter_thread = threading.get_ident()
+            self._waiter_token = current_token()
+            try:
+                await anyio.wait_readable(device.fileno())
+            except anyio.ClosedResourceError:
+                raise DeviceClosedError(f"{device.path}: the handle was closed while waiting") from None
+            finally:
+                if ticket in self._polling:  # not abandoned by close() (see there)
+                    self._polling.discard(ticket)
+                    device._exit()
 
     async def wait_watchers(self, timeout: float | None = None) -> WaitResult:
         """Wait until every watcher has acknowledged the current generation.
@@ -99,8 +103,14 @@ class AsyncSysGenID(DeviceHandle):
         if device.closed:
             return
         fd = device.fileno()
-        if self._waiters:
+        if self._polling:
             self._notify_waiters(fd)
+            if _loop_is_closed(self._waiter_token):
+                # The waiting tasks can never resume, so they would hold the file open
+                # for ever: nothing polls it any more, release it now on their behalf.
+                abandoned, self._polling = self._polling, set()
+                for _ in abandoned:
+                    device._exit()
         device.close()
 
     def _notify_waiters(self, fd: int) -> None:
@@ -121,6 +131,7 @@ class AsyncSysGenID(DeviceHandle):
     async def aclose(self) -> None:
         self.close()
         await checkpoint()
+
 
     async def __aenter__(self) -> AsyncSysGenID:
         return self
@@ -152,3 +163,9 @@ async def open_sysgenid(
         yield handle
     finally:
         handle.close()
+
+
+def _loop_is_closed(token: anyio.lowlevel.EventLoopToken | None) -> bool:
+    """Whether the event loop behind ``token`` is closed (asyncio and uvloop can tell)."""
+    is_closed = getattr(getattr(token, "native_token", None), "is_closed", None)
+    return bool(is_closed()) if callable(is_closed) else False

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import enum
 import itertools
+import math
 import sys
 import threading
 import weakref
@@ -248,21 +249,40 @@ class RestoreHooks:
         """Run every hook (or just ``only``) for ``generation``, in order.
 
         Every hook runs; if any failed, their errors are logged and raised together as a
-        :class:`RestoreHooksError`. Cancellation is not a failure: it propagates at once.
+        :class:`RestoreHooksError`. A cancellation of the caller is not a failure: it
+        propagates at once. A hook that raises a cancellation by itself, with nothing
+        cancelling the caller, has failed like any other.
         """
         selected = self.hooks if only is None else [h for h in self.hooks if h in only]
         errors: list[HookError] = []
         for hook in selected:
             try:
                 await hook.run(generation)
-            except anyio.get_cancelled_exc_class():
-                raise
+            except anyio.get_cancelled_exc_class() as exc:
+                if _caller_cancelled():
+                    raise
+                errors.append(HookError(hook, generation, exc))
+                log_error(LOGGER_NAME, "%s", errors[-1], exc_info=exc)
             except Exception as exc:
                 error = HookError(hook, generation, exc)
                 log_error(LOGGER_NAME, "%s", error, exc_info=exc)
                 errors.append(error)
         if errors:
             raise RestoreHooksError(generation, errors)
+
+
+def _caller_cancelled() -> bool:
+    """Whether the task running the hooks is being cancelled (an anyio scope, or asyncio's own)."""
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        import asyncio
+
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio
+        return False
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return bool(cancelling()) if callable(cancelling) else False
 
 
 #: The process-wide registry that :class:`~sysgenid_async.RestoreWatcher` runs by default.

@@ -1,0 +1,118 @@
+"""A pure-Python reference model of the sysgenid device, both ABIs, written from the spec.
+
+It knows nothing of the simulator or the kernel module: it is the third opinion in the
+differential test (tests/test_model.py), which drives the model and a real backend with
+the same random operations and compares every answer. An operation returns its result,
+or the errno the device must give.
+
+Open files and handles are distinct, as in the kernel: ``share()`` gives a second handle
+on the same open file (what ``dup`` or ``fork`` gives), and the file lives until its last
+handle closes.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+
+from sysgenid_async.uapi import Abi
+
+U32 = 2**32
+
+
+@dataclass
+class OpenFile:
+    acked: int
+    tracked: bool
+    readonly: bool
+    handles: set[int] = field(default_factory=set)
+
+
+class DeviceModel:
+    def __init__(self, abi: Abi, generation: int) -> None:
+        self.abi = abi
+        self.generation = generation
+        self.files: dict[int, OpenFile] = {}  # by file id
+        self.handles: dict[int, int] = {}  # handle id -> file id
+        self._next = 0
+
+    def _id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def _file(self, handle: int) -> OpenFile:
+        return self.files[self.handles[handle]]
+
+    # -- what a process sees --------------------------------------------------------------
+
+    def open(self, *, readonly: bool) -> int:
+        """A new file starts up to date; on v4 every file is a watcher, on v8 none until asked."""
+        file_id, handle = self._id(), self._id()
+        self.files[file_id] = OpenFile(self.generation, self.abi is Abi.V4, readonly, {handle})
+        self.handles[handle] = file_id
+        return handle
+
+    def share(self, handle: int) -> int:
+        new = self._id()
+        file_id = self.handles[handle]
+        self.handles[new] = file_id
+        self.files[file_id].handles.add(new)
+        return new
+
+    def close(self, handle: int) -> None:
+        file_id = self.handles.pop(handle)
+        file = self.files[file_id]
+        file.handles.discard(handle)
+        if not file.handles:
+            del self.files[file_id]
+
+    def outdated(self, handle: int) -> bool:
+        return self._file(handle).acked != self.generation
+
+    def read(self, handle: int, size: int) -> int | bytes:
+        """A non-blocking read: the generation while outdated, else EAGAIN."""
+        if size == 0:
+            return b""
+        if size < 4:
+            return errno.EINVAL
+        if not self.outdated(handle):
+            return errno.EAGAIN
+        return self.generation.to_bytes(4, "little")  # compared by value, not by byte order
+
+    def write(self, handle: int, value: int, size: int = 4) -> int:
+        """An acknowledgement: 0, or the errno."""
+        file = self._file(handle)
+        if file.readonly:
+            return errno.EBADF
+        if size != 4:
+            return errno.EINVAL if self.abi is Abi.V4 else errno.ENOBUFS
+        if value != self.generation:
+            return errno.EINVAL
+        file.acked = value
+        return 0
+
+    def trigger(self, minimum: int) -> None:
+        """max(minimum, current + 1), in u32: past 2**32 - 1 the next is 0."""
+        self.generation = max(minimum % U32, (self.generation + 1) % U32)
+
+    def outdated_watchers(self) -> int:
+        return sum(1 for file in self.files.values() if file.tracked and file.acked != self.generation)
+
+    def set_tracking(self, handle: int, value: int) -> int:
+        if value > 1:
+            return errno.EINVAL
+        self._file(handle).tracked = bool(value)
+        return 0
+
+    def wait_watchers(self, handle: int) -> int:
+        """WAIT_WATCHERS with a short timeout, nobody acting meanwhile: 0 or the errno.
+
+        A caller that is itself outdated can never see the others caught up: EINTR at
+        once. Otherwise 0 when no watcher is outdated, else the timeout's errno (v4 folds
+        it into EINTR, v8 gives ETIME).
+        """
+        if self.outdated(handle):
+            return errno.EINTR
+        if self.outdated_watchers() == 0:
+            return 0
+        return errno.EINTR if self.abi is Abi.V4 else errno.ETIME
