@@ -7,7 +7,9 @@ per ABI: ``--device-backends=kernel --kernel-module=PATH --kernel-abis=v4,v8``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -87,6 +89,22 @@ def backend(backend_name: str, loaded_backend: str) -> Iterator[Backend]:
         with sim.sim.installed(sim.path, set_env=False):
             yield sim
         assert sim.open_files() == 0, "the test left device files open"
+
+
+@pytest.fixture
+def report_figures(request: pytest.FixtureRequest) -> Callable[[dict[str, object]], None]:
+    """Report a test's figures: printed, and appended to $SYSGENID_REPORT_DIR/figures.jsonl
+    (the guest harness sets it to its report directory)."""
+
+    def report(figures: dict[str, object]) -> None:
+        line = json.dumps({"test": request.node.nodeid, **figures})
+        print(line)
+        directory = os.environ.get("SYSGENID_REPORT_DIR")
+        if directory:
+            with open(os.path.join(directory, "figures.jsonl"), "a") as out:
+                out.write(line + "\n")
+
+    return report
 
 
 @pytest.fixture(

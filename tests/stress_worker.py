@@ -2,7 +2,8 @@
 
 Prints ``ready``, then follows every change until it reads the final generation from
 stdin and each loop has seen and acknowledged it; prints one JSON line of counts. A loop
-that ever sees the generation go backwards (other than by u32 wraparound) counts it.
+counts each generation it sees go backwards (other than by u32 wraparound), and each it
+is handed twice.
 Usage: stress_worker.py DEVICE WATCHERS
 """
 
@@ -24,13 +25,15 @@ def moved_forward(previous: int, current: int) -> bool:
 
 async def main(path: str, count: int) -> None:
     final: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    counts = {"watchers": count, "changes_seen": 0, "backwards": 0, "caught_up": 0}
+    counts = {"watchers": count, "changes_seen": 0, "backwards": 0, "repeated": 0, "caught_up": 0}
 
     async def follow(changes: watch) -> None:
-        previous = changes.handle.generation
+        previous = changes.handle.device.acknowledged  # where this file started: up to date then
         async for generation in changes:
             counts["changes_seen"] += 1
-            if not moved_forward(previous, generation):
+            if generation == previous:
+                counts["repeated"] += 1
+            elif not moved_forward(previous, generation):
                 counts["backwards"] += 1
             previous = generation
             if final.done() and generation == final.result():

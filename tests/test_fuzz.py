@@ -73,11 +73,10 @@ def random_argument(rng: random.Random) -> int:
 
 
 def test_random_calls_leave_the_kernel_log_clean(
-    backend: Backend, interrupting_timer: None, record_property: Callable[[str, object], None],
+    backend: Backend, interrupting_timer: None, report_figures: Callable[[dict[str, object]], None],
 ) -> None:
     seed = int(os.environ.get("SYSGENID_FUZZ_SEED", time.time_ns() % 2**32))
     rng = random.Random(seed)
-    record_property("seed", seed)
     before = len(kernel_log())
     buffer = ctypes.create_string_buffer(1 << 16)
     files: list[int] = []
@@ -154,7 +153,6 @@ def test_random_calls_leave_the_kernel_log_clean(
     assert not trouble, f"seed {seed}: the kernel log shows trouble:\n" + "\n".join(trouble)
     assert backend.open_files() == 0
     total = sum(calls.values())
-    for key, value in {**calls, "total": total}.items():
-        record_property(f"calls_{key}", value)
-    print(f"fuzz on {backend.name}, seed {seed}: {total} calls {dict(calls)}; outcomes {dict(outcomes)}")
+    report_figures({"backend": backend.name, "seed": seed, "seconds": SECONDS, "calls": total,
+                    "by_call": dict(calls), "outcomes": dict(outcomes)})
     assert total > 1000, "the pass made too few calls to mean anything"

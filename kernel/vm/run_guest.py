@@ -128,7 +128,7 @@ def guest_job(args: argparse.Namespace, module: Path, out: Path) -> str:
     return "\n".join([
         "set -u",
         f"cd {shlex.quote(str(PROJECT))}",
-        "export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
+        f"export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 SYSGENID_REPORT_DIR={shlex.quote(str(out))}",
         "echo 7 > /proc/sys/kernel/printk",
         f"{shlex.quote(args.python)} {shlex.join(command)}",
         "rc=$?",
@@ -301,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     job_status = int(exit_file.read_text().strip()) if exit_file.exists() else None
 
     junit = out / "junit.xml"
+    figures = out / "figures.jsonl"
+    if figures.exists():  # what the stress and fuzz tests counted
+        for line in figures.read_text().splitlines():
+            log(f"figures: {line}")
     log(f"guest part took {elapsed:.1f} s (QEMU start to exit); whole run {time.monotonic() - started:.1f} s")
     log(f"JUnit report: {junit if junit.exists() else 'missing'}")
     if qemu_status == 124:
