@@ -43,6 +43,11 @@ def _assert_flat(before: dict[str, int], after: dict[str, int]) -> None:
     assert after["rss_kib"] - before["rss_kib"] < RSS_TOLERANCE_KIB, "resident memory grew"
 
 
+def _loop_name(anyio_backend: tuple[str, dict[str, object]]) -> str:
+    name, options = anyio_backend
+    return "uvloop" if options.get("use_uvloop") else name
+
+
 def _readers(fd: int, anyio_backend_name: str) -> int | None:
     """Readers the running loop has: trio's count of tasks waiting to read (it keeps one
     of its own), or, on asyncio, 1 if ``fd`` is registered (asked by removing it). uvloop
@@ -59,7 +64,8 @@ def _readers(fd: int, anyio_backend_name: str) -> int | None:
 
 @pytest.mark.anyio
 async def test_open_close_cycles_leave_nothing(
-    backend: Backend, anyio_backend_name: str, report_figures: Callable[[dict[str, object]], None],
+    backend: Backend, anyio_backend: tuple[str, dict[str, object]], anyio_backend_name: str,
+    report_figures: Callable[[dict[str, object]], None],
 ) -> None:
     async def cycle() -> None:
         async with open_sysgenid(backend.path) as handle:
@@ -73,13 +79,14 @@ async def test_open_close_cycles_leave_nothing(
     after = _snapshot()
     _assert_flat(before, after)
     assert backend.open_files() == 0
-    report_figures({"backend": backend.name, "loop": anyio_backend_name, "cycles": CYCLES,
+    report_figures({"backend": backend.name, "loop": _loop_name(anyio_backend), "cycles": CYCLES,
                     "before": before, "after": after})
 
 
 @pytest.mark.anyio
 async def test_cancelled_waits_leave_nothing(
-    backend: Backend, anyio_backend_name: str, report_figures: Callable[[dict[str, object]], None],
+    backend: Backend, anyio_backend: tuple[str, dict[str, object]], anyio_backend_name: str,
+    report_figures: Callable[[dict[str, object]], None],
 ) -> None:
     handle = AsyncSysGenID.open(backend.path)
     fd = handle.device.fileno()
@@ -105,5 +112,5 @@ async def test_cancelled_waits_leave_nothing(
             assert await handle.wait_for_change() == backend.generation, "the handle still works"
     finally:
         handle.close()
-    report_figures({"backend": backend.name, "loop": anyio_backend_name, "cancelled_waits": CYCLES,
+    report_figures({"backend": backend.name, "loop": _loop_name(anyio_backend), "cancelled_waits": CYCLES,
                     "before": before, "after": after})
