@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="passed to make when building from source, e.g. FIXED_ABI=8")
     parser.add_argument("--python", default=sys.executable, help="the interpreter to run pytest with in the guest")
     parser.add_argument("--out", type=Path, help="report directory (default: a fresh one under build/guest)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds before the guest is killed")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before the guest is killed")
     parser.add_argument("--memory", type=int, default=1024, help="guest memory in MiB")
     parser.add_argument("--smp", type=int, default=2)
     parser.add_argument("--no-install", action="store_true", help="do not install missing Debian packages")
