@@ -38,8 +38,9 @@ def _snapshot() -> dict[str, int]:
 
 
 def _assert_flat(before: dict[str, int], after: dict[str, int]) -> None:
-    assert after["fds"] == before["fds"], "descriptors leaked"
-    assert after["threads"] == before["threads"], "threads left behind"
+    # No growth: fewer is fine (an earlier test's idle worker thread may retire meanwhile).
+    assert after["fds"] <= before["fds"], "descriptors leaked"
+    assert after["threads"] <= before["threads"], "threads left behind"
     assert after["rss_kib"] - before["rss_kib"] < RSS_TOLERANCE_KIB, "resident memory grew"
 
 
