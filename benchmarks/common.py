@@ -15,12 +15,13 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sysgenid_async import uapi
+from sysgenid_async.rawfile import KernelFile, RawFile
 from sysgenid_async.testing import SimulatedDevice
 from sysgenid_async.uapi import Abi
 
@@ -188,6 +189,15 @@ class DeviceUnderTest:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def raw_read_and_ack(raw: RawFile) -> tuple[Callable[[], bytes], Callable[[bytes], int]]:
+    """A baseline's bare read and acknowledgement on ``raw``: ``os.read``/``os.write`` on the
+    kernel file; the simulator's own read/write (its fd is an eventfd that only signals)."""
+    if isinstance(raw, KernelFile):
+        fd = raw.fileno()
+        return (lambda: os.read(fd, 4)), (lambda data: os.write(fd, data))
+    return (lambda: raw.read(4)), raw.write
 
 
 def machine(place: str) -> dict[str, Any]:

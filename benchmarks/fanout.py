@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds
+from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds, raw_read_and_ack
 
 
 class Countdown:
@@ -79,19 +78,16 @@ async def baseline_setup(path: str, subscribers: int, countdown: Countdown) -> C
 
     raw = open_raw(path, readonly=False, nonblock=True)
     fd = raw.fileno()
-    kernel = type(raw).__name__ == "KernelFile"
+    read, write = raw_read_and_ack(raw)
     loop = asyncio.get_running_loop()
     state = {"event": asyncio.Event()}
 
     def on_readable() -> None:
         try:
-            data = os.read(fd, 4) if kernel else raw.read(4)
+            data = read()
         except BlockingIOError:
             return
-        if kernel:
-            os.write(fd, data)
-        else:
-            raw.write(data)
+        write(data)
         event, state["event"] = state["event"], asyncio.Event()
         event.set()
 

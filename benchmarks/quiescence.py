@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from common import DeviceUnderTest, Results, compare_rounds
+from common import DeviceUnderTest, Results, compare_rounds, raw_read_and_ack
 
 from sysgenid_async import uapi
 from sysgenid_async.uapi import Abi
@@ -141,12 +141,11 @@ async def _sim_watchers(kind: str, device: DeviceUnderTest, count: int) -> Calla
         if device.abi is Abi.V8:
             raw.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 1)
 
-        def on_readable(raw: object = raw) -> None:
-            try:
-                data = raw.read(4)  # type: ignore[attr-defined]
-                raw.write(data)  # type: ignore[attr-defined]
-            except OSError:
-                pass
+        read, write = raw_read_and_ack(raw)
+
+        def on_readable(read: Callable[[], bytes] = read, write: Callable[[bytes], int] = write) -> None:
+            with contextlib.suppress(OSError):  # EAGAIN, or a newer generation came meanwhile
+                write(read())
 
         loop.add_reader(raw.fileno(), on_readable)
         files.append(raw)

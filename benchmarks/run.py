@@ -12,6 +12,7 @@ fresh interpreter, so none inherits another's threads, imports or memory.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -50,29 +51,12 @@ def run_one(name: str, backend: str, settings: dict[str, Any], build: Path) -> R
     """Run one benchmark in this process."""
     results = Results()
     device = DeviceUnderTest(backend)
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}")
+    module = importlib.import_module(name)  # benchmarks/<name>.py, each with run(device, results, ...)
+    extra = {"build": build} if name == "wakeup" else {}  # where it compiles the C floor
     with device.active():
-        if name == "probe":
-            import probe
-
-            probe.run(device, results, **settings)
-        elif name == "wakeup":
-            import wakeup
-
-            wakeup.run(device, results, build=build, **settings)
-        elif name == "fanout":
-            import fanout
-
-            fanout.run(device, results, **settings)
-        elif name == "quiescence":
-            import quiescence
-
-            quiescence.run(device, results, **settings)
-        elif name == "footprint":
-            import footprint
-
-            footprint.run(device, results, **settings)
-        else:
-            raise ValueError(f"unknown benchmark {name!r}")
+        module.run(device, results, **extra, **settings)
     return results
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds
+from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds, raw_read_and_ack
 
 HERE = Path(__file__).resolve().parent
 Report = Callable[[int, int], None]
@@ -44,11 +43,7 @@ async def baseline_watcher(path: str, report: Report, ready: Callable[[], None])
 
     raw = open_raw(path, readonly=False, nonblock=True)
     fd = raw.fileno()
-    # The kernel file is read with os.read/os.write; the simulator's file has its own
-    # read/write (its fd is an eventfd that only signals readiness).
-    kernel = type(raw).__name__ == "KernelFile"
-    read: Callable[[], bytes] = (lambda: os.read(fd, 4)) if kernel else (lambda: raw.read(4))
-    write: Callable[[bytes], int] = (lambda data: os.write(fd, data)) if kernel else raw.write
+    read, write = raw_read_and_ack(raw)
     loop = asyncio.get_running_loop()
 
     def on_readable() -> None:
@@ -144,8 +139,9 @@ def epoll_watcher_binary(build: Path) -> Path:
 def sample(device: DeviceUnderTest, watcher: ProcessWatcher | ThreadWatcher, count: int) -> list[float]:
     """Bump ``count`` times; the latency of each, in microseconds."""
     latencies = []
+    expected = device.generation
     for _ in range(count):
-        expected = (device.generation + 1) & 0xFFFFFFFF
+        expected = (expected + 1) & 0xFFFFFFFF
         started = time.monotonic_ns()
         device.bump()
         generation, woke = watcher.next_report()

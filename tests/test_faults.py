@@ -16,7 +16,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -126,18 +126,19 @@ async def test_hooks_that_raise_hang_or_cancel_themselves_leave_the_watcher_runn
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_factory(request: pytest.FixtureRequest) -> Iterator[type[asyncio.AbstractEventLoop] | object]:
+def event_loop_factory(request: pytest.FixtureRequest) -> Callable[[], asyncio.AbstractEventLoop]:
     if request.param == "uvloop":
         import uvloop
 
-        yield uvloop.new_event_loop
-    else:
-        yield asyncio.new_event_loop
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
-def test_the_event_loop_closed_under_a_pending_wait(backend: Backend, event_loop_factory: object) -> None:
+def test_the_event_loop_closed_under_a_pending_wait(
+    backend: Backend, event_loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
     """The wait can never resume; closing the handle must not raise, and must release the file."""
-    loop = event_loop_factory()  # type: ignore[operator]
+    loop = event_loop_factory()
     handle = AsyncSysGenID.open(backend.path)
     task = loop.create_task(handle.wait_for_change())
     loop.run_until_complete(asyncio.sleep(0.05))

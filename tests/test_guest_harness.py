@@ -78,3 +78,9 @@ def test_stop_ends_every_process_it_started(harness: ModuleType) -> None:
         guest.processes.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
     guest.stop()
     assert all(process.poll() is not None for process in guest.processes)
+
+
+def test_a_missing_script_is_refused_before_anything_runs(harness: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        harness.main(["--no-install", "--script", str(tmp_path / "missing.py")])
+    assert exit_info.value.code == 2

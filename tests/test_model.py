@@ -40,12 +40,12 @@ WAIT_MS = 3  # WAIT_WATCHERS's timeout: short, nobody acts meanwhile
 
 
 class SharedSimFile:
-    """A second handle on one simulated open file, as dup gives: the file closes with the last."""
+    """One of several handles on a simulated open file, as dup gives: the file closes with
+    the last. ``owners`` is the handle count all of them share."""
 
     def __init__(self, file: SimulatedFile, owners: list[int]) -> None:
         self.file = file
         self.owners = owners
-        owners[0] += 1
 
     def fileno(self) -> int:
         return self.file.fileno()
@@ -82,7 +82,6 @@ class DeviceMachine(RuleBasedStateMachine):
         super().__init__()
         self.model = DeviceModel(self.backend.abi, self.backend.generation)
         self.open_handles: dict[int, RawFile | SharedSimFile] = {}
-        self.sim_owners: dict[int, list[int]] = {}  # model file id -> shared close count
 
     # -- the backend side -------------------------------------------------------------------
 
@@ -90,15 +89,11 @@ class DeviceMachine(RuleBasedStateMachine):
         raw = self.open_handles[handle]
         if isinstance(raw, KernelFile):
             return KernelFile(os.dup(raw.fileno()))
-        file_id = self.model.handles[handle]
-        owners = self.sim_owners.setdefault(file_id, [0])
-        if isinstance(raw, SharedSimFile):
-            return SharedSimFile(raw.file, owners)
-        assert isinstance(raw, SimulatedFile)
-        # Wrap the original too, so that the file closes only with its last handle.
-        owners[0] += 1
-        self.open_handles[handle] = _adopt(raw, owners)
-        return SharedSimFile(raw, owners)
+        if isinstance(raw, SimulatedFile):  # first share: the original becomes one of the handles
+            raw = self.open_handles[handle] = SharedSimFile(raw, [1])
+        assert isinstance(raw, SharedSimFile)
+        raw.owners[0] += 1
+        return SharedSimFile(raw.file, raw.owners)
 
     # -- rules ----------------------------------------------------------------------------
 
@@ -196,13 +191,6 @@ class DeviceMachine(RuleBasedStateMachine):
 
 def _name(code: object) -> object:
     return errno.errorcode.get(code, code) if isinstance(code, int) else code
-
-
-def _adopt(file: SimulatedFile, owners: list[int]) -> SharedSimFile:
-    """The original handle of a shared simulated file, counted like the others."""
-    shared = SharedSimFile(file, owners)
-    owners[0] -= 1  # SharedSimFile counted itself; the caller already did
-    return shared
 
 
 def test_the_device_behaves_as_the_model_says(backend: Backend) -> None:

@@ -272,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="extra pytest (or --script) arguments (after --)")
     args = parser.parse_args(argv)
 
+    if args.script is not None and not args.script.is_file():
+        parser.error(f"--script {args.script}: no such file")
     started = time.monotonic()
     if not args.no_install:
         ensure_packages()
