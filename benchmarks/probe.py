@@ -45,7 +45,7 @@ def _per_op(statement: str, namespace: dict[str, Any], number: int) -> float:
 
 def run(device: DeviceUnderTest, results: Results, *, rounds: int, number: int) -> None:
     from sysgenid_async import AsyncSysGenID, Device, GenerationBound, generation_bound
-    from sysgenid_async.bound import close_shared_probe
+    from sysgenid_async.gate import close_process_probe
 
     probe_device = Device.open(device.path, watcher=False)
     handle = AsyncSysGenID.open(device.path, watcher=False)
@@ -68,7 +68,7 @@ def run(device: DeviceUnderTest, results: Results, *, rounds: int, number: int) 
     finally:
         handle.close()
         probe_device.close()
-        close_shared_probe()
+        close_process_probe()
     for case, _, target in CASES:
         pairs = [([lib], [base]) for lib, base in timings[case]]
         results.comparisons.append(compare_rounds(

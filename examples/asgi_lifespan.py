@@ -1,4 +1,7 @@
-"""An ASGI application whose lifespan runs the restore watcher: one line in the lifespan.
+"""An ASGI application whose lifespan runs the restore watcher: one line in the lifespan,
+and a readiness gate: one line before each request (``await restored()``), so that a
+request arriving at resume time waits for the restore hooks instead of answering with the
+snapshot's state.
 
     python examples/asgi_lifespan.py --simulate
 
@@ -16,7 +19,7 @@ from typing import Any
 import anyio
 from _restores import Restore, parser, restores
 
-from sysgenid_async import on_restore, restore_watcher
+from sysgenid_async import restore_watcher, restored
 from sysgenid_async.reseed import ProcessIdentity, install_default_hooks
 
 Scope = MutableMapping[str, Any]
@@ -46,6 +49,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
                     await stack.aclose()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+    await restored()  # the readiness gate: the hooks of the current generation have run
     body = json.dumps({"instance": str(instance.value)}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
@@ -76,12 +80,9 @@ async def serve(restore: Restore | None) -> None:
         if restore is None:
             await anyio.sleep_forever()
             return
-        renewed = anyio.Event()
-        on_restore(lambda generation: renewed.set())  # runs after the ready-made hooks (DEFAULT phase)
         restore()
-        with anyio.fail_after(30):
-            await renewed.wait()
-        print("after: ", await get("/"), flush=True)
+        with anyio.fail_after(30):  # a request right at resume time: the gate holds it until restored
+            print("after: ", await get("/"), flush=True)
         await to_app.send({"type": "lifespan.shutdown"})
         assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
 

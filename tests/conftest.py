@@ -16,6 +16,8 @@ import pytest
 from backends import Backend, KernelBackend, SimBackend, load_module, unload_module
 from sysgenid_async.uapi import Abi
 
+pytest_plugins = ["pytester"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sysgenid", "sysgenid device backends")

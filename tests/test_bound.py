@@ -10,16 +10,16 @@ import pytest
 
 from backends import Backend
 from sysgenid_async import AsyncGenerationBound, Device, GenerationBound, generation_bound
-from sysgenid_async.bound import close_shared_probe, shared_probe
+from sysgenid_async.bound import shared_probe
+from sysgenid_async.testing import isolated_state
 
 
 @pytest.fixture
 def default_device(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    """Point the default device (and so the shared probe) at the backend."""
+    """Point the default device (and so the shared probe) at the backend, with fresh state."""
     monkeypatch.setenv("SYSGENID_DEVICE", backend.path)
-    close_shared_probe()
-    yield backend
-    close_shared_probe()
+    with isolated_state():
+        yield backend
 
 
 def test_rebuilt_only_when_the_generation_changes(backend: Backend) -> None:
@@ -48,25 +48,24 @@ def test_the_decorator_uses_the_shared_probe(default_device: Backend) -> None:
     assert session_token() is token
     default_device.bump()
     assert session_token() is not token
-    assert shared_probe().path == default_device.path
 
 
 @pytest.mark.only_abi("v4")
-def test_on_v4_the_shared_probe_acknowledges_what_it_saw(default_device: Backend) -> None:
+def test_on_v4_no_file_stays_open_behind_a_value(default_device: Backend) -> None:
+    """An idle process that once read a bound value must not stay an outdated watcher."""
     value = generation_bound(object)
-    value()
-    probe = shared_probe()
-    assert probe.watcher, "on v4 every open file is a watcher"
+    before = value()
+    assert default_device.open_files() == 0, "on v4 every open file is a watcher: none is kept"
     default_device.bump()
-    assert probe.is_outdated()
-    value()
-    assert not probe.is_outdated(), "noticing the change acknowledged it"
+    assert default_device.open_files() == 0
+    assert value() is not before, "the value still follows the generation"
 
 
 @pytest.mark.only_abi("v8")
 def test_on_v8_the_shared_probe_is_not_a_watcher(default_device: Backend) -> None:
     generation_bound(object)()
-    assert not shared_probe().watcher
+    probe = shared_probe()
+    assert isinstance(probe, Device) and not probe.watcher
 
 
 def test_one_rebuild_for_many_threads(backend: Backend) -> None:
@@ -130,9 +129,7 @@ async def test_a_running_restore_watcher_serves_as_the_probe(default_device: Bac
 
     value = generation_bound(object)
     value()
-    standalone = shared_probe()
     async with restore_watcher(hooks=RestoreHooks()) as watcher:
-        assert standalone.closed, "the probe-only file is closed: it must not hold orchestrators back"
         watcher_device = watcher.handle.device
         assert shared_probe() is watcher_device
         before = value()
@@ -147,7 +144,6 @@ async def test_a_running_restore_watcher_serves_as_the_probe(default_device: Bac
     during = value()
     default_device.bump()
     assert value() is not during
-    close_shared_probe()
 
 
 @pytest.mark.anyio

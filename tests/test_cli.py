@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,11 +96,39 @@ def test_watch_exec_passes_the_generation_without_a_shell(
     assert not (tmp_path / "injected").exists()
 
 
-def test_watch_exec_failure_leaves_the_change_unacknowledged(
-    backend: Backend, keep_bumping: threading.Event, capsys: pytest.CaptureFixture[str]
+def test_watch_exec_failure_is_retried_and_holds_the_ack(
+    backend: Backend, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli("--device", backend.path, "watch", "--exec", f"{sys.executable} -c 'raise SystemExit(3)'") == 7
-    assert "left unacknowledged" in capsys.readouterr().err
+    """A failing command does not end the watch: it is run again, and its generation stays
+    unacknowledged (the CLI's file stays outdated) until the command succeeds."""
+    log = tmp_path / "runs"
+    command = f"sh -c 'echo $SYSGENID_GENERATION >> {log}; test $(wc -l < {log}) -ge 3'"
+    result: list[int] = []
+    watching = threading.Thread(target=lambda: result.append(cli(
+        "--device", backend.path, "watch", "--exec", command, "--count", "1", "--retry-delay", "0.2",
+    )))
+    with Device.open(backend.path, watcher=False) as probe:
+        watching.start()
+        deadline = time.monotonic() + 60
+        generation = None
+        while not log.exists() and time.monotonic() < deadline:
+            generation = backend.bump()  # until the watch, which starts in the thread, sees one
+            time.sleep(0.1)
+        assert log.exists(), "the command never ran"
+        if backend.abi.value == "v4":
+            # after a failure, the CLI's own file is still outdated: an orchestrator sees it
+            assert probe.outdated_watchers() >= 1 or len(log.read_text().split()) >= 3
+        watching.join(60)
+    assert not watching.is_alive() and result == [0]
+    runs = log.read_text().split()
+    # (a bump that raced the first run restarts the command for the newer generation)
+    assert len(runs) == 3 and int(runs[-1]) == generation
+    err = capsys.readouterr().err
+    assert err.count("stays unacknowledged") == 2 and "(attempt 1)" in err
+
+
+def test_watch_exec_of_a_missing_command(backend: Backend, keep_bumping: threading.Event,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("--device", backend.path, "watch", "--exec", "/nonexistent/command") == 7
     assert "command not found" in capsys.readouterr().err
 

@@ -19,9 +19,10 @@ class TokenService:
         self.rotations = 0
 
     async def follow_restores(self) -> None:
-        async for _generation in watch():  # the default device: the fixture's simulator
-            self.token = random.getrandbits(64)
-            self.rotations += 1
+        async with watch() as changes:  # the default device: the fixture's simulator
+            async for _generation in changes:
+                self.token = random.getrandbits(64)
+                self.rotations += 1
 
 
 @pytest.mark.asyncio

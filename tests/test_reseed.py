@@ -18,6 +18,7 @@ from sysgenid_async.reseed import (
     reseed_numpy,
     reseed_random,
 )
+from sysgenid_async.testing import SimulatedDevice
 
 
 def test_reseed_random_breaks_the_shared_sequence() -> None:
@@ -46,14 +47,22 @@ def test_reseed_numpy() -> None:
     assert numpy.random.randint(0, 2**62) != without
 
 
-def test_identities_are_renewed() -> None:
+def test_identities_are_renewed(sysgenid_sim: SimulatedDevice) -> None:
     instance: ProcessIdentity[uuid.UUID] = ProcessIdentity()
     custom = ProcessIdentity(lambda: f"worker-{uuid.uuid4().hex[:8]}")
     before = (instance.value, custom.value)
-    assert isinstance(instance.value, uuid.UUID)
+    assert isinstance(instance.value, uuid.UUID) and instance.value == before[0]
     regenerate_identities(1)
     assert instance.value != before[0] and custom.value != before[1]
     assert custom.value.startswith("worker-")
+
+
+def test_an_identity_read_after_a_restore_is_already_new(sysgenid_sim: SimulatedDevice) -> None:
+    """No hook has run yet: the identity is renewed on its first read all the same."""
+    identity: ProcessIdentity[uuid.UUID] = ProcessIdentity()
+    before = identity.value
+    sysgenid_sim.bump()
+    assert identity.value != before
 
 
 @pytest.mark.anyio

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import anyio
 import pytest
 
 from backends import Backend
-from sysgenid_async import DeviceNotFoundError, watch
+from sysgenid_async import Device, DeviceNotFoundError, watch
 
 pytestmark = pytest.mark.anyio
 
@@ -59,16 +60,15 @@ async def test_changes_that_pile_up_coalesce(backend: Backend) -> None:
     assert len(seen) == 2
 
 
-async def test_breaking_out_releases_the_fd(backend: Backend) -> None:
+async def test_breaking_out_of_the_block_releases_the_fd(backend: Backend) -> None:
     loops = 1000
     before = open_fds()
     with anyio.fail_after(600):
         for _ in range(loops):
-            iterator = watch(backend.path)
-            backend.bump()
-            async for _generation in iterator:
-                break
-            del iterator
+            async with watch(backend.path) as changes:
+                backend.bump()
+                async for _generation in changes:
+                    break
     assert open_fds() == before
 
 
@@ -77,14 +77,14 @@ async def bump_soon(backend: Backend) -> None:
     backend.bump()
 
 
-async def test_a_plain_async_for_releases_the_fd_on_break(backend: Backend) -> None:
+async def test_a_watch_left_to_the_garbage_collector_warns(backend: Backend) -> None:
+    """Closing is explicit: a watch nobody closed is closed by the collector, with a warning."""
     before = open_fds()
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(bump_soon, backend)
-            async for _generation in watch(backend.path):
-                assert open_fds() > before
-                break
+    changes = watch(backend.path)
+    assert open_fds() > before
+    del changes
+    with pytest.warns(ResourceWarning, match="was not closed"):
+        gc.collect()
     assert open_fds() == before
 
 
@@ -94,13 +94,57 @@ async def test_an_exception_or_cancel_releases_the_fd(backend: Backend) -> None:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(bump_soon, backend)
             with pytest.raises(KeyError):
-                async for _generation in watch(backend.path):
-                    raise KeyError
+                async with watch(backend.path) as changes:
+                    async for _generation in changes:
+                        raise KeyError
     assert open_fds() == before
+    cancelled = watch(backend.path)
     with anyio.move_on_after(0.05):
-        async for _generation in watch(backend.path):
+        async for _generation in cancelled:  # a cancel reaching the iteration closes it at once
             pass
+    assert cancelled._closed
     assert open_fds() == before
+
+
+async def test_a_failed_body_is_delivered_again_on_reentry(backend: Backend) -> None:
+    """Re-entering a watch after a failed body never acknowledges the failed generation."""
+    peers_outdated = backend.abi.value == "v4"
+    with anyio.fail_after(60):
+        async with watch(backend.path) as changes:
+            generation = backend.bump()
+            with pytest.raises(RuntimeError):
+                async for seen in changes:  # noqa: B007 - checked after the loop
+                    raise RuntimeError("rebuild failed")
+            assert seen == generation
+            assert changes.handle.device.is_outdated(), "the failed generation is not acknowledged"
+            async for again in changes:
+                assert again == generation, "the failed generation is delivered again"
+                assert changes.handle.device.is_outdated()
+                break
+            # The second body finished and the block exits cleanly: acknowledged.
+        if peers_outdated:
+            with Device.open(backend.path, watcher=False) as probe:
+                assert probe.outdated_watchers() == 0
+
+
+async def test_a_clean_exit_acknowledges_and_an_error_does_not(backend: Backend) -> None:
+    with anyio.fail_after(60):
+        async with watch(backend.path) as changes:
+            backend.bump()
+            async for _generation in changes:
+                break
+            device = changes.handle.device
+            assert device.is_outdated()
+            changes.acknowledge()
+            assert not device.is_outdated()
+        with pytest.raises(KeyError):
+            async with watch(backend.path) as failing:
+                backend.bump()
+                async for _generation in failing:
+                    break
+                held = failing.handle.device
+                raise KeyError
+        assert held.closed and held.acknowledged != backend.generation
 
 
 async def test_closing_ends_the_iteration(backend: Backend) -> None:
@@ -128,14 +172,13 @@ async def test_without_ack_changes_are_reported_but_never_acknowledged(backend: 
             backend.bump()
             async for generation in changes:
                 seen.append(generation)
+                # No file is open while the body runs: nothing holds an orchestrator back.
+                assert backend.open_files() == 0
                 if len(seen) == 2:
                     break
-                first = changes.handle
-                assert first.device.is_outdated()
                 backend.bump()
-    # the first file was closed outdated, never acknowledged: it was replaced, not acked
-    assert first.closed
     assert seen[1] != seen[0]
+    assert backend.open_files() == 0
 
 
 async def test_a_missing_device_fails_at_the_start() -> None:

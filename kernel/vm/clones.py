@@ -337,8 +337,15 @@ def main() -> int:
         check(clone["orchestrator"] == "caught-up" and clone["late_watchers"] == 0,
               f"{name}: the orchestrator saw {clone['orchestrator']}, {clone['late_watchers']} late")
         check(clone["watch_saw"] and clone["acknowledged"], f"{name}: watch() or the restore watcher missed it")
+        check(clone["racing_prefix"] is not None and clone["racing_prefix"] == clone["prefix"],
+              f"{name}: the request at resume got {clone['racing_prefix']}, the value is {clone['prefix']}")
+        check(clone["identity_attempts"] == 2 and clone["secret_follows_identity"],
+              f"{name}: after a failed IDENTITIES hook, the retry left the SECRETS phase on the old identity "
+              f"({clone['identity_attempts']} attempts)")
     check(len({c["random"] for c in clones}) == len(clones), "random outputs are identical across clones")
     check(len({c["secret"] for c in clones}) == len(clones), "generation-bound secrets are identical across clones")
+    check(len({c["racing_prefix"] for c in clones}) == len(clones),
+          "a request racing the hooks at resume got the same bound value in every clone")
 
     grandchild = restore("clone-1-1", kver, image, work, work / "clone-1.snapshot")
     check(grandchild["generation"] == 2, f"clone of a clone: generation {grandchild['generation']}, expected 2")
@@ -349,6 +356,8 @@ def main() -> int:
     control_snapshot, _ = boot_and_snapshot("noreseed", kver, image, work, append="noreseed")
     controls = [restore(f"noreseed-{i}", kver, image, work, control_snapshot) for i in (1, 2)]
     check(len({c["random"] for c in controls}) == 1, "without the reseed hook, random should be identical")
+    check(len({c["racing_prefix"] for c in controls}) == 1,
+          "without the reseed hook, the racing request's prefix should be identical (the check can fail)")
     check(len({c["secret"] for c in controls}) == 2, "the generation-bound secret must differ even so")
 
     # The backend in the other personality: the shipped v8 ABI (no count of late watchers).
@@ -366,10 +375,11 @@ def main() -> int:
         leftover.unlink()
 
     header = f"{'run':<12} {'gen':>4} {'hooks':>5} {'orchestrator':<12} {'random':>11} {'secret':<17}"
-    print(f"\n{header} {'cont->report':>12}")
+    print(f"\n{header} {'racing prefix':>20} {'cont->report':>12}")
     for row in [*clones, grandchild, *controls, v8]:
         print(f"{row['name']:<12} {row['generation']:>4} {row['hook_runs']:>5} {row['orchestrator']:<12} "
-              f"{row['random']:>11} {row['secret']:<17} {row['cont_to_report_ms']:>9.1f} ms")
+              f"{row['random']:>11} {row['secret']:<17} {row['racing_prefix']!s:>20} "
+              f"{row['cont_to_report_ms']:>9.1f} ms")
     print(f"same-guid    no change: generations seen {same['generations']}, reports {len(same['reports'])}")
     print(f"latency from cont to every hook and watcher done: min {latencies[0]} ms, max {latencies[-1]} ms "
           "(host clock, TCG)")

@@ -2,8 +2,9 @@
 
     from sysgenid_async import watch
 
-    async for generation in watch():
-        reseed_and_rebuild()        # acknowledged once this body finishes
+    async with watch() as changes:
+        async for generation in changes:
+            reseed_and_rebuild()    # acknowledged once this body finishes
 
 Layers, bottom up: :mod:`~sysgenid_async.uapi` (ABI constants),
 :mod:`~sysgenid_async.rawfile` (syscalls), :mod:`~sysgenid_async.device` (the fd owner,
@@ -28,11 +29,14 @@ from .errors import (
     DevicePermissionError,
     ForkedHandleError,
     NotASysGenIDDeviceError,
+    RestorePendingError,
+    RestoreWatcherRunningError,
     StaleGenerationError,
     SysGenIDError,
     TriggerPermissionError,
     UnsupportedByAbiError,
 )
+from .gate import restored
 from .hooks import HookError, Phase, RestoreHooks, RestoreHooksError, on_restore, restore_hooks
 from .orchestrator import OrchestrationReport, Orchestrator
 from .restore_watcher import RestoreWatcher, RetryPolicy, Subscription, restore_watcher
@@ -59,7 +63,9 @@ __all__ = [
     "Phase",
     "RestoreHooks",
     "RestoreHooksError",
+    "RestorePendingError",
     "RestoreWatcher",
+    "RestoreWatcherRunningError",
     "RetryPolicy",
     "StaleGenerationError",
     "Subscription",
@@ -73,6 +79,7 @@ __all__ = [
     "open_sysgenid",
     "restore_hooks",
     "restore_watcher",
+    "restored",
     "watch",
     "watch_blocking",
 ]

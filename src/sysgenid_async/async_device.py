@@ -10,6 +10,7 @@ thread in slices of at most 50 ms: a cancel takes effect when the current slice 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from anyio.lowlevel import checkpoint, current_token
 from .device import AbiChoice, Device, DeviceHandle, SlicedWait, WaitResult
 from .errors import DeviceClosedError
 
-__all__ = ["AsyncSysGenID", "open_sysgenid"]
+__all__ = ["AsyncSysGenID", "moved_on", "open_sysgenid"]
 
 
 class AsyncSysGenID(DeviceHandle):
@@ -163,6 +164,22 @@ async def open_sysgenid(
         yield handle
     finally:
         handle.close()
+
+
+async def moved_on(handle: AsyncSysGenID, generation: int, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds (None: for ever) for the device to leave ``generation``.
+
+    For a caller whose own file is outdated on purpose (it has not acknowledged): that file
+    stays readable, so it cannot tell of the next change. A fresh, probe-only file can (it
+    starts up to date), and is closed at once.
+    """
+    async with AsyncSysGenID.open(handle.path, abi=handle.abi, watcher=False) as sentinel:
+        if sentinel.generation != generation:
+            return True
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            await sentinel.wait_for_change()
+            return True
+    return False
 
 
 def _loop_is_closed(token: anyio.lowlevel.EventLoopToken | None) -> bool:

@@ -9,25 +9,32 @@
 The hot path is one read of the mapped page and one comparison: no syscall, no lock.
 Only a changed generation takes the lock and calls the factory again.
 
+A value is never built from state older than its generation: before it calls the factory
+for a new generation, it asks the restore gate of its hook registry (the process's, by
+default) to confirm that every restore hook up to its ``phase`` has succeeded for that
+generation, and runs them there if they are sync and nobody has yet (see
+:mod:`~sysgenid_async.gate`).
+
 The generation comes from a probe. By default, while a
 :class:`~sysgenid_async.RestoreWatcher` runs in the process, that is the watcher's own
-file (acknowledged after the hooks). Otherwise it is a process-wide, probe-only handle on
-the default device, opened on first use: on v8 it does not count as a watcher; on v4
-every open file is a watcher, so it acknowledges a change as soon as a bound value
-notices it, and until then shows as outdated.
+file (acknowledged after the hooks). Otherwise it is the process probe: a probe-only file
+on v8, kept open; on v4, where every open file is a watcher, a file opened and closed for
+each check, so that no idle process is left outdated (the hot path then costs an open:
+run a restore watcher, or pass a probe, where that matters).
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, overload
 
 import anyio
 
 from .device import Device
-from .errors import StaleGenerationError
+from .gate import RESTORE_WAIT_SECONDS, RestoreGate, read_generation
+from .hooks import RestoreHooks, restore_hooks
 
 __all__ = ["AsyncGenerationBound", "GenerationBound", "GenerationProbe", "generation_bound", "shared_probe"]
 
@@ -41,57 +48,21 @@ class GenerationProbe(Protocol):
     def generation(self) -> int: ...
 
 
-_shared: Device | None = None
-_shared_lock = threading.Lock()
-# While a RestoreWatcher runs, bound values read its page: its file is acknowledged after
-# the hooks, so no extra watcher is left outdated (on v4 every open file is a watcher).
-_watcher_device: Device | None = None
+def shared_probe() -> GenerationProbe:
+    """What bound values read when given no probe: the running restore watcher's file, else
+    the process probe (a probe-only file on v8; on v4, a file opened and closed per check)."""
+    device = restore_hooks.gate.probe_device()
+    return _ShortLivedProbe() if device is None else device
 
 
-def shared_probe() -> Device:
-    """The process-wide probe: a running restore watcher's device, else a probe-only handle
-    on the default device (opened on first use)."""
-    global _shared
-    watcher_device = _watcher_device
-    if watcher_device is not None:
-        return watcher_device
-    probe = _shared
-    if probe is None or probe.closed:
-        with _shared_lock:
-            if _shared is None or _shared.closed:
-                _shared = Device.open(watcher=False)
-            probe = _shared
-    return probe
+class _ShortLivedProbe:
+    """The generation through a file opened and closed per read: no watcher left open (v4)."""
 
+    __slots__ = ()
 
-def use_watcher_device(device: Device | None, *, previous: Device | None = None) -> None:
-    """Called by a RestoreWatcher as it starts (its device) and stops (None, if still its own)."""
-    global _watcher_device
-    with _shared_lock:
-        if device is None and _watcher_device is not previous:
-            return
-        _watcher_device = device
-    if device is not None:
-        close_shared_probe()  # an outdated probe-only file must not hold orchestrators back
-
-
-def close_shared_probe() -> None:
-    """Close the process-wide probe (the next bound value to look opens it again)."""
-    global _shared
-    with _shared_lock:
-        if _shared is not None:
-            _shared.close()
-            _shared = None
-
-
-def _acknowledge_probe(probe: GenerationProbe) -> None:
-    # On v4 the standalone probe's file is a watcher: confirm what it has seen. (Never a
-    # restore watcher's file: that one is acknowledged after the hooks, by the watcher.)
-    if probe is _shared and isinstance(probe, Device) and probe.watcher and not probe.closed:
-        pending = probe.read_nowait()
-        if pending is not None:
-            with contextlib.suppress(StaleGenerationError):  # a newer one: seen next time
-                probe.ack(pending)
+    @property
+    def generation(self) -> int:
+        return read_generation()
 
 
 _UNSET = object()
@@ -116,19 +87,29 @@ class _Bound:
     looks the probe up again.
     """
 
-    def __init__(self, factory: Callable[[], object], probe: GenerationProbe | None) -> None:
+    def __init__(
+        self, factory: Callable[[], object], probe: GenerationProbe | None, phase: float | None,
+        hooks: RestoreHooks | None, *, is_async: bool,
+    ) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+        if phase is not None and (isinstance(phase, bool) or not isinstance(phase, (int, float))):
+            raise TypeError(f"phase must be a Phase (or a priority), not {type(phase).__name__}")
+        if hooks is not None and not isinstance(hooks, RestoreHooks):
+            raise TypeError(f"hooks must be a RestoreHooks registry, not {type(hooks).__name__}")
+        _check_factory(factory, is_async=is_async)
         self._probe = probe
+        self._hooks = hooks
+        # Built only once every hook up to this phase has succeeded for the generation.
+        self._phase = math.inf if phase is None else phase
         self._view: memoryview | tuple[int] = _NO_VIEW
         self._generation = -1  # never a u32: the first get() builds
         self._value: object = _UNSET
         self.rebuilds = 0
 
     @property
-    def probe(self) -> GenerationProbe:
-        """The probe given, or the process-wide one (looked up on each use)."""
-        return self._probe or shared_probe()
+    def _gate(self) -> RestoreGate:
+        return (restore_hooks if self._hooks is None else self._hooks).gate
 
     def _current(self) -> tuple[GenerationProbe, int]:
         """Look the probe up, cache its page view, and read its generation."""
@@ -149,8 +130,15 @@ class GenerationBound(_Bound, Generic[T]):
     ``get = value.get`` in a hot loop: a method call is cheaper than an instance call.
     """
 
-    def __init__(self, factory: Callable[[], T], *, probe: GenerationProbe | None = None) -> None:
-        super().__init__(factory, probe)
+    def __init__(
+        self,
+        factory: Callable[[], T],
+        *,
+        probe: GenerationProbe | None = None,
+        phase: float | None = None,
+        hooks: RestoreHooks | None = None,
+    ) -> None:
+        super().__init__(factory, probe, phase, hooks, is_async=False)
         self._factory = factory
         self._lock = threading.Lock()
 
@@ -165,24 +153,36 @@ class GenerationBound(_Bound, Generic[T]):
     __call__ = get  # one Python frame, not two
 
     def _slow_get(self) -> T:
-        probe, generation = self._current()
-        if generation == self._generation:
-            return self._value  # type: ignore[return-value]
-        with self._lock:
-            probe, generation = self._current()
-            if generation != self._generation:
-                _acknowledge_probe(probe)
+        while True:
+            _, generation = self._current()
+            if generation == self._generation:
+                return self._value  # type: ignore[return-value]
+            # The hooks first, and outside the lock: a hook may read this value too.
+            self._gate.require(generation, self._phase)
+            with self._lock:
+                _, generation_now = self._current()
+                if generation_now == self._generation:
+                    return self._value  # type: ignore[return-value]
+                if generation_now != generation:
+                    continue  # a newer generation came meanwhile: its hooks first
                 value = self._factory()
                 self._value, self._generation = value, generation
                 self.rebuilds += 1
-            return self._value  # type: ignore[return-value]
+                return value
 
 
 class AsyncGenerationBound(_Bound, Generic[T]):
     """The async twin: ``await value.get()`` rebuilds with ``await factory()`` after a change."""
 
-    def __init__(self, factory: Callable[[], Awaitable[T]], *, probe: GenerationProbe | None = None) -> None:
-        super().__init__(factory, probe)
+    def __init__(
+        self,
+        factory: Callable[[], Awaitable[T]],
+        *,
+        probe: GenerationProbe | None = None,
+        phase: float | None = None,
+        hooks: RestoreHooks | None = None,
+    ) -> None:
+        super().__init__(factory, probe, phase, hooks, is_async=True)
         self._factory = factory
         self._lock: anyio.Lock | None = None
 
@@ -192,21 +192,67 @@ class AsyncGenerationBound(_Bound, Generic[T]):
                 return self._value  # type: ignore[return-value]
         except ValueError:  # the cached page was released: its probe closed
             pass
-        probe, generation = self._current()
-        if generation == self._generation:
-            return self._value  # type: ignore[return-value]
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        async with self._lock:
-            probe, generation = self._current()
-            if generation != self._generation:
-                _acknowledge_probe(probe)
+        while True:
+            _, generation = self._current()
+            if generation == self._generation:
+                return self._value  # type: ignore[return-value]
+            await self._gate.restored(generation, self._phase, RESTORE_WAIT_SECONDS)
+            if self._lock is None:
+                self._lock = anyio.Lock()
+            async with self._lock:
+                _, generation_now = self._current()
+                if generation_now == self._generation:
+                    return self._value  # type: ignore[return-value]
+                if generation_now != generation:
+                    continue  # a newer generation came meanwhile: its hooks first
                 value = await self._factory()
                 self._value, self._generation = value, generation
                 self.rebuilds += 1
-            return self._value  # type: ignore[return-value]
+                return value
 
 
-def generation_bound(factory: Callable[[], T]) -> GenerationBound[T]:
-    """Decorate a zero-argument factory: calling the result returns the current value."""
-    return GenerationBound(factory)
+@overload
+def generation_bound(factory: Callable[[], T], /) -> GenerationBound[T]: ...
+
+
+@overload
+def generation_bound(
+    *, phase: float | None = None, hooks: RestoreHooks | None = None
+) -> Callable[[Callable[[], T]], GenerationBound[T]]: ...
+
+
+def generation_bound(
+    factory: Callable[[], T] | None = None, /, *, phase: float | None = None, hooks: RestoreHooks | None = None
+) -> GenerationBound[T] | Callable[[Callable[[], T]], GenerationBound[T]]:
+    """Decorate a zero-argument factory: calling the result returns the current value.
+
+    ``@generation_bound`` or ``@generation_bound(phase=Phase.RESEED)``: the value is built
+    for a generation only once the restore hooks up to ``phase`` (default: all) have
+    succeeded for it. An ``async def`` factory needs :class:`AsyncGenerationBound`.
+    """
+    if factory is None:
+        return lambda f: GenerationBound(f, phase=phase, hooks=hooks)
+    return GenerationBound(factory, phase=phase, hooks=hooks)
+
+
+def _check_factory(factory: Callable[..., object], *, is_async: bool) -> None:
+    """Refuse at decoration what would fail on use: an ``async def`` where a sync factory is
+    needed (and the reverse), or a factory that cannot be called with no argument."""
+    import inspect  # here, not at import: it is slow to import
+
+    if inspect.iscoroutinefunction(factory) and not is_async:
+        raise TypeError(
+            f"{getattr(factory, '__qualname__', factory)!s} is an async def: use AsyncGenerationBound, "
+            "whose get() awaits it (a sync bound value would store the coroutine, once)"
+        )
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have none
+        return
+    try:
+        signature.bind()
+    except TypeError:
+        raise TypeError(
+            f"a generation-bound factory is called with no argument; {getattr(factory, '__qualname__', factory)!s}"
+            f"{signature} cannot be"
+        ) from None

@@ -4,13 +4,15 @@
 
 Exit status: 0 success; 1 a device error; 2 usage; 3 ``wait-watchers`` timed out;
 4 no device; 5 permission denied; 6 ``selftest`` found a failure; 7 an ``--exec``
-command failed (its generation is left unacknowledged); 130 interrupted.
+command could not be started; 130 interrupted. A command that fails does not end
+``watch``: it is run again per the retry options, and its generation stays
+unacknowledged until it succeeds or a newer generation arrives.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import itertools
 import json
 import os
 import shlex
@@ -22,9 +24,10 @@ from collections.abc import Mapping, Sequence
 import anyio
 
 from . import __version__
+from .async_device import AsyncSysGenID
 from .blocking import BlockingSysGenID
 from .device import Device, WaitResult
-from .errors import DeviceNotFoundError, DevicePermissionError, StaleGenerationError, SysGenIDError
+from .errors import DeviceNotFoundError, DevicePermissionError, SysGenIDError
 from .selftest import format_table, run_selftest
 from .uapi import Abi
 
@@ -49,7 +52,7 @@ EXIT_CODES = {
     EXIT_NO_DEVICE: "the device does not exist",
     EXIT_PERMISSION: "permission denied (the message names the permission)",
     EXIT_SELFTEST_FAILED: "selftest: at least one check failed",
-    EXIT_EXEC_FAILED: "watch --exec: the command failed; its generation stays unacknowledged",
+    EXIT_EXEC_FAILED: "watch --exec: the command could not be started",
     EXIT_INTERRUPTED: "interrupted",
 }
 
@@ -73,6 +76,23 @@ def _non_negative_float(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
     return value
 
@@ -116,6 +136,12 @@ def _build_parser() -> _Parser:
         "SYSGENID_GENERATION in its environment; acknowledge only if it exits 0",
     )
     watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N changes")
+    watch.add_argument("--retry-delay", type=_positive_float, default=1.0, metavar="SECONDS",
+                       help="--exec: first delay before running a failed command again, doubling up to 60 s "
+                       "(default 1)")
+    watch.add_argument("--max-attempts", type=_non_negative_int, metavar="N",
+                       help="--exec: retries of a failed command for one generation (default: until it "
+                       "succeeds or the generation changes); then the generation stays unacknowledged")
 
     trigger = commands.add_parser("trigger", help="force a generation change (privileged)")
     trigger.add_argument("--min", dest="min_generation", type=_u32, default=0, metavar="N",
@@ -182,26 +208,39 @@ def _watch(options: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def run() -> int:
+        from .async_device import moved_on
+        from .restore_watcher import RetryPolicy
         from .watch import watch
+
+        retry = RetryPolicy(initial_delay=options.retry_delay, max_delay=max(options.retry_delay, 60.0),
+                            max_attempts=options.max_attempts)
+
+        async def run_until_done(command: list[str], generation: int, handle: AsyncSysGenID) -> bool:
+            """Run the command until it exits 0 (True), or give up on this generation (False)."""
+            env = dict(os.environ, SYSGENID_GENERATION=str(generation))
+            for attempt, delay in enumerate(itertools.chain(retry.delays(), [None]), start=1):
+                status = await anyio.to_thread.run_sync(_run_command, command, env)
+                if status == 0:
+                    return True
+                later = f"retrying in {delay:g} s" if delay is not None else "no retries left"
+                print(f"sysgenid-async: {shlex.join(command)} exited with {status} (attempt {attempt}); "
+                      f"generation {generation} stays unacknowledged; {later}", file=sys.stderr, flush=True)
+                if delay is None or await moved_on(handle, generation, delay):
+                    break
+            if handle.generation == generation:
+                # Kept unacknowledged, for an orchestrator to see, until the next generation.
+                await moved_on(handle, generation, None)
+            return False
 
         seen = 0
         async with watch(options.device, abi=options.abi, ack=not options.no_ack) as changes:
             async for generation in changes:
                 _emit(options, {"generation": generation, "time": time.time()}, f"generation {generation}")
-                if command is not None:
-                    env = dict(os.environ, SYSGENID_GENERATION=str(generation))
-                    completed = await anyio.to_thread.run_sync(_run_command, command, env)
-                    if completed != 0:
-                        print(f"sysgenid-async: {shlex.join(command)} exited with {completed}; "
-                              f"generation {generation} left unacknowledged", file=sys.stderr)
-                        return EXIT_EXEC_FAILED
+                if command is not None and not await run_until_done(command, generation, changes.handle):
+                    continue  # a newer generation: the next iteration reads it (this one is stale)
                 seen += 1
                 if options.count is not None and seen >= options.count:
-                    # finish the body, so this last generation is acknowledged too
-                    if not options.no_ack:
-                        with contextlib.suppress(StaleGenerationError):  # a newer one came: not ours
-                            changes.handle.ack(generation)
-                    break
+                    break  # a clean exit from the block acknowledges this last generation
         return EXIT_OK
 
     try:

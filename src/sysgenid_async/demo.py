@@ -47,8 +47,7 @@ async def run_demo() -> int:
                     await anyio.sleep(rebuild_seconds)
                     rebuilt[name] = random.getrandbits(32)
                     say(name, "rebuilt; acknowledging")
-                    break  # the demo handles one restore
-                changes.handle.ack(generation)
+                    break  # the demo handles one restore; leaving the block acknowledges it
 
         async def orchestrator() -> WaitResult:
             async with open_sysgenid(DEMO_PATH) as device:

@@ -107,11 +107,19 @@ def _coerce_abi(abi: object) -> Abi | None:
 
 # Fork guard: a handle opened in another process must not ack (the open file is shared).
 _pid = os.getpid()
+# Every open Device, so that a child after fork can let go of the parent's files.
+_open_devices: weakref.WeakSet[Device] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    """Release, in the child, every file the parent had open: the child holds a reference
+    to each open file (and its mapping), which would keep the parent's watchers alive, and
+    counted as outdated, for as long as the child lives. The handles stay unusable here
+    (:class:`ForkedHandleError`); the parent's files are untouched."""
     global _pid
     _pid = os.getpid()
+    for device in list(_open_devices):
+        device._release_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -127,6 +135,15 @@ class _ClosedView:
 
     def __getitem__(self, index: int) -> int:
         raise DeviceClosedError(f"{self.path}: the handle is closed")
+
+
+class _ForkedView(_ClosedView):
+    """Stands in for the page view of a parent's handle in a child after fork."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index: int) -> int:
+        raise ForkedHandleError(f"{self.path}: this handle belongs to the parent process; open a new one")
 
 
 class Device:
@@ -154,6 +171,7 @@ class Device:
         #: (a new file starts up to date). A hint that spares a read; poll is the truth.
         self.acknowledged: int = self._view[0]
         self._finalizer = weakref.finalize(self, _close_quietly, raw, page, self._view)
+        _open_devices.add(self)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -227,13 +245,13 @@ class Device:
 
     def _enter(self) -> None:
         with self._lock:
-            if self._close_requested:
-                raise DeviceClosedError(f"{self.path}: the handle is closed")
             if self._pid != _pid:
                 raise ForkedHandleError(
                     f"{self.path}: this handle was opened by process {self._pid} before a fork; "
                     "open a new one in the child (acknowledging here would ack for the parent)"
                 )
+            if self._close_requested:
+                raise DeviceClosedError(f"{self.path}: the handle is closed")
             self._in_flight += 1
 
     def _exit(self) -> None:
@@ -381,6 +399,17 @@ class Device:
 
     def _release(self) -> None:
         self._finalizer()
+
+    def _release_in_child(self) -> None:
+        """After fork, in the child: drop this process's references to the parent's file."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        if self._close_requested:
+            return
+        self._close_requested = True
+        self._fd = -1
+        self._view = _ForkedView(self.path)
+        with contextlib.suppress(BufferError, OSError):
+            self._finalizer()
 
     def __enter__(self) -> Device:
         return self

@@ -17,6 +17,9 @@ __all__ = [
     "DevicePermissionError",
     "ForkedHandleError",
     "NotASysGenIDDeviceError",
+    "RestorePendingError",
+    "RestoreWatcherRunningError",
+    "SimulatorProcessError",
     "StaleGenerationError",
     "SysGenIDError",
     "TriggerPermissionError",
@@ -87,6 +90,36 @@ class ForkedHandleError(SysGenIDError):
 
     The child shares the parent's open file, so acknowledging there would acknowledge
     for the parent. Open a new handle in the child instead.
+    """
+
+
+class SimulatorProcessError(DeviceNotFoundError):
+    """A simulated device was opened from a process other than the one that installed it.
+
+    The simulator lives in one process's memory: a child made by ``fork`` holds a copy that
+    nobody else sees, and a child made by ``spawn`` has none. Tests across processes need
+    the kernel device.
+    """
+
+
+class RestorePendingError(SysGenIDError):
+    """A value was asked for before the restore hooks for the current generation succeeded.
+
+    Handing it out would hand out state from before the restore. ``generation`` is the
+    generation being restored; ``waiting_for`` names the hook that has not run or failed.
+    Wait with ``await restored()`` (or behind a readiness gate) before building values.
+    """
+
+    def __init__(self, generation: int, message: str, waiting_for: str | None = None) -> None:
+        super().__init__(f"generation {generation}: {message}")
+        self.generation = generation
+        self.waiting_for = waiting_for
+
+
+class RestoreWatcherRunningError(SysGenIDError, RuntimeError):
+    """A second restore watcher was started on a registry that one already serves.
+
+    Each would run every hook: one watcher per registry (per process, for the default one).
     """
 
 

@@ -12,9 +12,13 @@
 
 Order: by phase (``RESEED``, ``IDENTITIES``, ``SECRETS``, ``CACHES``, ``CONNECTIONS``, then
 ``DEFAULT``), or by an explicit ``priority`` (lower first); ties run in registration order.
-Every hook runs even when others fail; the failures are logged and raised together as a
-:class:`RestoreHooksError` (an ``ExceptionGroup``). The hooks run one after another, in
-the event loop's thread, so a hook may rely on the ones before it.
+The hooks run one after another, so a hook may rely on the ones before it. When a hook
+fails, the rest of its phase still runs and the failures are raised together as a
+:class:`RestoreHooksError` (an ``ExceptionGroup``); later phases do not run on top of a
+failed one. A retry starts again at the failed phase, so hooks must be idempotent.
+
+Each registry has a :class:`~sysgenid_async.gate.RestoreGate` (``hooks.gate``): the record of
+which generation it has been restored for, which generation-bound values consult.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ import math
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import anyio
 
 from ._log import log_error
+from .device import validate_timeout
+from .gate import HookRun, RestoreGate
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
     from exceptiongroup import ExceptionGroup
@@ -49,8 +55,9 @@ __all__ = [
 
 LOGGER_NAME = "sysgenid_async.hooks"
 
-HookFunction = Callable[[int], Awaitable[None] | None]
-F = TypeVar("F", bound=Callable[..., Any])
+HookFunction = Callable[[int], object]
+#: A hook: ``hook(generation)``, sync or async. Typed so that a checker rejects another signature.
+F = TypeVar("F", bound=Callable[[int], object])
 
 
 class Phase(enum.IntEnum):
@@ -113,25 +120,72 @@ class RestoreHook:
         """The callable, or None once a weakly held one has been collected."""
         return self._target()
 
+    # Threads of this hook still running after a timeout: no second copy is started meanwhile.
+    _abandoned: int = field(repr=False, default=0)
+
+    @property
+    def runs_inline(self) -> bool:
+        """Whether a caller's thread may run it: sync, with no timeout (which needs a worker thread)."""
+        return not self.is_async and self.timeout is None
+
     async def run(self, generation: int) -> None:
+        """Run the hook once for ``generation``, raising what it raises (or ``TimeoutError``)."""
         function = self.function
         if function is None:
             return
+        if self._abandoned:
+            raise RuntimeError("still running from an earlier attempt that timed out")
         if self.timeout is None:
+            result = function(generation)
             if self.is_async:
-                await function(generation)  # type: ignore[misc]
-            else:
-                function(generation)
+                await result  # type: ignore[misc]
             return
         with anyio.fail_after(self.timeout):
             if self.is_async:
                 await function(generation)  # type: ignore[misc]
             else:
-                # A sync hook can only be timed out from outside: it runs in a worker
-                # thread, which finishes in the background if it overruns.
+                # A sync hook can only be timed out from outside: it runs in a worker thread,
+                # which finishes in the background if it overruns (counted until it does).
                 from anyio import to_thread  # on first use: slow to import, and most hooks need none
 
-                await to_thread.run_sync(function, generation, abandon_on_cancel=True)
+                await to_thread.run_sync(self._run_counted, function, generation, abandon_on_cancel=True)
+
+    def _run_counted(self, function: HookFunction, generation: int) -> None:
+        self._abandoned += 1
+        try:
+            function(generation)
+        finally:
+            self._abandoned -= 1
+
+    async def attempt(self, generation: int) -> HookError | None:
+        """Run it; its failure (logged), or None. A cancellation of the caller propagates."""
+        try:
+            await self.run(generation)
+        except anyio.get_cancelled_exc_class() as exc:
+            if _caller_cancelled():
+                raise
+            return self._failed(generation, exc)  # the hook cancelled itself: a failure
+        except Exception as exc:
+            return self._failed(generation, exc)
+        return None
+
+    def attempt_inline(self, generation: int) -> HookError | None:
+        """Run a sync hook in this thread (see :attr:`runs_inline`); its failure, or None."""
+        function = self.function
+        if function is None:
+            return None
+        try:
+            if self._abandoned:
+                raise RuntimeError("still running from an earlier attempt that timed out")
+            function(generation)
+        except Exception as exc:
+            return self._failed(generation, exc)
+        return None
+
+    def _failed(self, generation: int, exc: BaseException) -> HookError:
+        error = HookError(self, generation, exc)
+        log_error(LOGGER_NAME, "%s", error, exc_info=exc)
+        return error
 
 
 def _run_order(hook: RestoreHook) -> tuple[int, int]:
@@ -150,6 +204,8 @@ class RestoreHooks:
         self._hooks: list[RestoreHook] = []
         self._lock = threading.Lock()
         self._sequence = itertools.count()
+        #: Which generation this registry has been restored for (see :mod:`~sysgenid_async.gate`).
+        self.gate = RestoreGate(self)
 
     @overload
     def register(
@@ -199,9 +255,12 @@ class RestoreHooks:
             raise TypeError(f"phase must be a Phase, not {type(phase).__name__}")
         if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
             raise TypeError(f"priority must be an int, not {type(priority).__name__}")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        seconds = validate_timeout(timeout)
+        if seconds == 0:
+            raise ValueError("timeout must be a positive number of seconds or None, got 0")
         import inspect  # at registration, not at import: it is slow to import
+
+        _check_signature(function, inspect)
 
         target: Callable[[], HookFunction | None]
         if weak:
@@ -212,7 +271,7 @@ class RestoreHooks:
         hook = RestoreHook(
             name=name or _hook_name(function),
             priority=phase.value if priority is None else priority,
-            timeout=None if timeout is None else float(timeout),
+            timeout=seconds,
             sequence=next(self._sequence),
             _target=target,
             is_async=inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
@@ -235,6 +294,12 @@ class RestoreHooks:
         with self._lock:
             self._hooks = []
 
+    def _replace_hooks(self, hooks: list[RestoreHook]) -> list[RestoreHook]:
+        """Put ``hooks`` in place of the registered ones; returns those (test isolation)."""
+        with self._lock:
+            previous, self._hooks = self._hooks, list(hooks)
+        return previous
+
     @property
     def hooks(self) -> list[RestoreHook]:
         """The live hooks, in run order (collected weak ones are dropped here)."""
@@ -245,30 +310,33 @@ class RestoreHooks:
     def __len__(self) -> int:
         return len(self.hooks)
 
-    async def run(self, generation: int, *, only: Sequence[RestoreHook] | None = None) -> None:
-        """Run every hook (or just ``only``) for ``generation``, in order.
+    async def run(self, generation: int) -> None:
+        """Run one pass of the hooks for ``generation``, in order, whatever the gate says.
 
-        Every hook runs; if any failed, their errors are logged and raised together as a
-        :class:`RestoreHooksError`. A cancellation of the caller is not a failure: it
-        propagates at once. A hook that raises a cancellation by itself, with nothing
-        cancelling the caller, has failed like any other.
+        When a hook fails, the rest of its phase still runs, later phases do not, and the
+        failures are logged and raised together as a :class:`RestoreHooksError`. A
+        cancellation of the caller is not a failure: it propagates at once. A hook that
+        raises a cancellation by itself, with nothing cancelling the caller, has failed.
+        (The restore watcher runs the hooks through :attr:`gate`, once per generation.)
         """
-        selected = self.hooks if only is None else [h for h in self.hooks if h in only]
-        errors: list[HookError] = []
-        for hook in selected:
-            try:
-                await hook.run(generation)
-            except anyio.get_cancelled_exc_class() as exc:
-                if _caller_cancelled():
-                    raise
-                errors.append(HookError(hook, generation, exc))
-                log_error(LOGGER_NAME, "%s", errors[-1], exc_info=exc)
-            except Exception as exc:
-                error = HookError(hook, generation, exc)
-                log_error(LOGGER_NAME, "%s", error, exc_info=exc)
-                errors.append(error)
-        if errors:
-            raise RestoreHooksError(generation, errors)
+        run = HookRun(generation, self.hooks)
+        await RestoreGate(self).drive(run)
+        if run.errors:
+            raise RestoreHooksError(generation, run.errors)
+
+
+def _check_signature(function: Callable[..., Any], inspect: Any) -> None:
+    """A hook is called as ``hook(generation)``: refuse at registration what cannot be."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # some builtins have none: let them through
+        return
+    try:
+        signature.bind(0)
+    except TypeError:
+        raise TypeError(
+            f"a restore hook is called as hook(generation); {_hook_name(function)}{signature} cannot be"
+        ) from None
 
 
 def _caller_cancelled() -> bool:

@@ -138,9 +138,32 @@ def remove_opener(path: str, opener: Opener) -> None:
             del _openers[path]
 
 
+#: Set while a simulator is installed with ``set_env``: ``PID:PATH`` of the process serving it.
+SIMULATOR_ENV_VAR = "SYSGENID_SIMULATOR"
+
+
 def open_raw(path: str, *, readonly: bool = False, nonblock: bool = True) -> RawFile:
     """Open ``path``: the simulator installed there, or else the real node."""
     opener = _openers.get(path)
     if opener is not None:
         return opener(readonly=readonly, nonblock=nonblock)
-    return KernelFile.open(path, readonly=readonly, nonblock=nonblock)
+    try:
+        return KernelFile.open(path, readonly=readonly, nonblock=nonblock)
+    except FileNotFoundError:
+        _refuse_foreign_simulator(path)
+        raise
+
+
+def _refuse_foreign_simulator(path: str) -> None:
+    """A process started by one whose simulator stood at ``path`` (spawn) cannot reach it."""
+    owner, _, simulated = os.environ.get(SIMULATOR_ENV_VAR, "").partition(":")
+    if simulated == path and owner != str(os.getpid()):
+        from .errors import SimulatorProcessError
+
+        raise SimulatorProcessError(
+            None,
+            f"{path}: the simulated sysgenid device installed by process {owner} is not reachable from "
+            f"process {os.getpid()}: the simulator lives in one process's memory. Test across processes "
+            "on the kernel device.",
+            path,
+        )

@@ -6,26 +6,30 @@
   ``secrets`` are safe: the kernel reseeds its own RNG on a VM fork.)
 - :func:`reseed_numpy`: numpy's legacy global generator, when numpy is imported.
 - :class:`ProcessIdentity`: a per-process identity (a UUID by default) that a restore
-  replaces, so two clones never report as the same instance.
-- :class:`Reopenable`: a resource (a connection pool, a client) closed and reopened on
-  restore, since clones share sockets' peers, TLS session state and pool identities.
+  replaces, so two clones never report as the same instance. It is generation-bound: the
+  first read after a restore builds a new one, once the ``RESEED`` hooks have run.
+- :class:`Reopenable`: a resource (a connection pool, a client) reopened on restore, since
+  clones share sockets' peers, TLS session state and pool identities. The new one is
+  opened before the old one is closed, so a caller never finds the slot empty.
 
 ``install_default_hooks()`` registers the first three on a registry in the right phases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
-import threading
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar, overload
 
 import anyio
 
+from ._log import log_error
+from .bound import GenerationBound
 from .hooks import Phase, RestoreHooks, restore_hooks
 
 __all__ = [
@@ -39,6 +43,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+LOGGER_NAME = "sysgenid_async.reseed"
 
 _randoms: weakref.WeakSet[random.Random] = weakref.WeakSet()
 
@@ -69,7 +75,13 @@ _identities: weakref.WeakSet[ProcessIdentity[object]] = weakref.WeakSet()
 
 
 class ProcessIdentity(Generic[T]):
-    """An identity that must differ between clones: ``identity.value``, renewed on restore."""
+    """An identity that must differ between clones: ``identity.value``, renewed on restore.
+
+    Bound to the generation (phase ``RESEED``): read after a restore, it is rebuilt before
+    it is returned, so no caller ever gets the identity of the snapshot. Built on first
+    read, from the default device's generation, like any generation-bound value (so it may
+    be created at import time, before the device is there).
+    """
 
     @overload
     def __init__(self: ProcessIdentity[uuid.UUID]) -> None: ...
@@ -78,15 +90,16 @@ class ProcessIdentity(Generic[T]):
     def __init__(self, factory: Callable[[], T]) -> None: ...
 
     def __init__(self, factory: Callable[[], Any] = uuid.uuid4) -> None:
-        self._factory: Callable[[], T] = factory
-        self._lock = threading.Lock()
-        self.value: T = factory()
+        self._bound: GenerationBound[T] = GenerationBound(factory, phase=Phase.RESEED)
         _identities.add(self)  # type: ignore[arg-type]
 
+    @property
+    def value(self) -> T:
+        return self._bound.get()
+
     def regenerate(self) -> T:
-        with self._lock:
-            self.value = self._factory()
-            return self.value
+        self._bound.invalidate()
+        return self._bound.get()
 
 
 def regenerate_identities(generation: int) -> None:
@@ -96,10 +109,14 @@ def regenerate_identities(generation: int) -> None:
 
 
 class Reopenable(Generic[T]):
-    """A resource rebuilt on restore: ``pool.current`` is always the live one.
+    """A resource rebuilt on restore: ``pool.current`` is always a live one.
 
     ``open()`` makes a new resource, ``close(resource)`` disposes of one (both may be
     async). Register ``reopen`` as a hook (phase ``CONNECTIONS``) or call it yourself.
+    A reopen opens the new resource, swaps it in, then closes the old one: ``current`` is
+    never empty. Code that must not see its resource closed under it holds a lease,
+    ``async with pool.use() as resource:``: the old resource is closed once the last
+    lease on it ends.
     """
 
     def __init__(
@@ -111,6 +128,8 @@ class Reopenable(Generic[T]):
         self._close = close
         self._current: T | None = None
         self._lock: anyio.Lock | None = None
+        self._leases: dict[int, int] = {}  # id(resource) -> leases held on it
+        self._released: anyio.Event | None = None
         self.reopens = 0
 
     @property
@@ -124,17 +143,41 @@ class Reopenable(Generic[T]):
             self._current = await _maybe_await(self._open())
         return self._current
 
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[T]:
+        """Lease the current resource: a reopen meanwhile closes it only after the lease ends."""
+        resource = self.current
+        key = id(resource)
+        self._leases[key] = self._leases.get(key, 0) + 1
+        try:
+            yield resource
+        finally:
+            self._leases[key] -= 1
+            if not self._leases[key]:
+                del self._leases[key]
+                if self._released is not None:
+                    self._released.set()
+
     async def reopen(self, generation: int | None = None) -> T:
-        """Close the current resource and open a new one (the hook: ``reopen(generation)``)."""
+        """Open a new resource, swap it in, then close the old one once no lease holds it."""
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
-            old, self._current = self._current, None
-            if old is not None:
-                await _maybe_await(self._close(old))
-            self._current = await _maybe_await(self._open())
+            new = await _maybe_await(self._open())
+            old, self._current = self._current, new
             self.reopens += 1
-            return self._current
+            if old is not None:
+                await self._retire(old)
+            return new
+
+    async def _retire(self, old: T) -> None:
+        while id(old) in self._leases:
+            self._released = anyio.Event()
+            await self._released.wait()
+        try:
+            await _maybe_await(self._close(old))
+        except Exception as exc:  # the new resource is in place: a failed close is only logged
+            log_error(LOGGER_NAME, "closing the replaced resource %r failed", old, exc_info=exc)
 
     async def aclose(self) -> None:
         old, self._current = self._current, None

@@ -3,25 +3,30 @@
     async with restore_watcher():      # in the service's main, or an ASGI lifespan
         await serve()
 
-On each change of generation the watcher runs the hooks in order, then hands the
-generation to every subscriber (:meth:`RestoreWatcher.subscribe`), and acknowledges it to
-the kernel only when every hook succeeded and every subscriber has handled it (its loop
+On each change of generation the watcher drives its registry's run of the hooks (through
+the registry's :class:`~sysgenid_async.gate.RestoreGate`, which a generation-bound value
+or ``await restored()`` may have started first: each hook runs once per pass), then hands
+the generation to every subscriber (:meth:`RestoreWatcher.subscribe`), and acknowledges it
+to the kernel only when every hook succeeded and every subscriber has handled it (its loop
 body finished and the next iteration began). Until then the process shows as outdated,
 so an orchestrator sees it. A subscriber that stops (``break``, an error, ``close()``)
 no longer counts, as a closed file no longer counts for the kernel: a failure that must
-hold the acknowledgement belongs in a hook.
+hold the acknowledgement belongs in a hook. Subscribers get the generation after the
+first pass over the hooks, whether it succeeded or not (``last_error`` tells).
 
-Retry policy: failed hooks are retried (only those), after ``initial_delay`` seconds,
-doubling up to ``max_delay``, up to ``max_attempts`` times (default: for ever). A newer
-generation cancels the retries: every hook then runs for it. Once the attempts are used
-up, the generation stays unacknowledged until the next one.
+One watcher per registry: a second one on the same registry (by default, the process's)
+is refused with :class:`~sysgenid_async.RestoreWatcherRunningError`.
+
+Retry policy: when a hook fails, the pass stops after its phase; the retry runs that
+phase again and every later one, after ``initial_delay`` seconds, doubling up to
+``max_delay``, up to ``max_attempts`` times (default: for ever). A newer generation
+cancels the retries: every hook then runs for it. Once the attempts are used up, the
+generation stays unacknowledged until the next one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import math
 import os
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -35,11 +40,11 @@ if TYPE_CHECKING:
     import anyio.abc
 
 from ._log import log_error
-from .async_device import AsyncSysGenID
-from .bound import use_watcher_device
+from .async_device import AsyncSysGenID, moved_on
 from .device import AbiChoice
 from .errors import StaleGenerationError
-from .hooks import RestoreHook, RestoreHooks, RestoreHooksError, restore_hooks
+from .gate import HookRun
+from .hooks import RestoreHooks, RestoreHooksError, restore_hooks
 
 __all__ = ["RestoreWatcher", "RetryPolicy", "Subscription", "restore_watcher"]
 
@@ -61,8 +66,10 @@ class RetryPolicy:
             raise ValueError("RetryPolicy needs 0 < initial_delay <= max_delay")
         if not self.factor >= 1:
             raise ValueError("RetryPolicy needs factor >= 1")
-        if self.max_attempts is not None and (isinstance(self.max_attempts, bool) or self.max_attempts < 0):
-            raise ValueError("RetryPolicy needs max_attempts >= 0, or None")
+        if self.max_attempts is not None and (
+            isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 0
+        ):
+            raise ValueError(f"RetryPolicy needs a whole max_attempts >= 0, or None, not {self.max_attempts!r}")
 
     def delays(self) -> Iterator[float]:
         delay = self.initial_delay
@@ -153,6 +160,7 @@ class RestoreWatcher:
         self.retry = RetryPolicy() if retry is None else retry
         self._handle: AsyncSysGenID | None = None
         self._opened: AsyncSysGenID | None = None  # opened ahead by restore_watcher()
+        self._attached = False
         # Weak: a subscription dropped by its loop (break, error) must be freed, and so closed.
         self._subscribers: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._offered: int | None = None
@@ -186,70 +194,72 @@ class RestoreWatcher:
     def _subscriber_progress(self) -> None:
         self._progress.set()
 
+    def _attach(self, handle: AsyncSysGenID) -> None:
+        if not self._attached:
+            self.hooks.gate.attach(self, handle.device)
+            self._attached = True
+
+    def _detach(self) -> None:
+        if self._attached:
+            self.hooks.gate.detach(self)
+            self._attached = False
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[RestoreWatcher] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch until cancelled."""
         handle = self._opened or AsyncSysGenID.open(self.path, abi=self.abi)
         self._opened = None
         async with handle:
-            self._handle = handle
-            use_watcher_device(handle.device)
             try:
+                self._attach(handle)
+                self._handle = handle
                 task_status.started(self)
+                if self.hooks.gate.pending_run(handle.generation) is not None:
+                    # The process lived through a restore before this watcher started (a bound
+                    # value saw the old generation): its hooks have not run for this one.
+                    await self._handle_generation(handle, handle.generation)
                 while True:
                     generation = await handle.wait_for_change()
                     await self._handle_generation(handle, generation)
             finally:
-                use_watcher_device(None, previous=handle.device)
+                self._detach()
                 self._handle = None
                 for subscription in list(self._subscribers):
                     subscription.close()
 
     async def _handle_generation(self, handle: AsyncSysGenID, generation: int) -> None:
-        hooks_ok = await self._run_hooks(handle, generation)
+        gate = self.hooks.gate
+        run = gate.pending_run(generation)
+        hooks_ok = run is None or await gate.drive(run)
+        self.last_error = None if run is None or hooks_ok else RestoreHooksError(generation, run.errors)
         if handle.generation != generation:
             return  # a newer generation arrived: start over with it
-        subscribers_ok = await self._deliver(handle, generation)
-        if hooks_ok and subscribers_ok:
+        waiting = self._offer(generation)  # after the first pass, whatever it gave
+        if run is not None and not hooks_ok:
+            hooks_ok = await self._retry(handle, run)
+        if hooks_ok and await self._subscribers_done(handle, generation, waiting):
             with contextlib.suppress(StaleGenerationError):  # a newer one came: handled next
                 handle.ack(generation)
                 self.acknowledged = generation
             return
         # Stay outdated until the next generation, so an orchestrator sees the failure.
-        await self._moved_on(handle, generation, None)
+        await moved_on(handle, generation, None)
 
-    async def _run_hooks(self, handle: AsyncSysGenID, generation: int) -> bool:
-        """Run every hook, then retry the failed ones per the policy; True once all succeeded."""
-        only: list[RestoreHook] | None = None  # the first run: every hook
-        for delay in itertools.chain([None], self.retry.delays()):
-            if delay is not None and await self._moved_on(handle, generation, delay):
+    async def _retry(self, handle: AsyncSysGenID, run: HookRun) -> bool:
+        """Retry from the failed phase, per the policy; True once every hook succeeded."""
+        gate = self.hooks.gate
+        for delay in self.retry.delays():
+            if await moved_on(handle, run.generation, delay):
                 return False
-            try:
-                await self.hooks.run(generation, only=only)
-            except RestoreHooksError as error:
-                self.last_error = error
-                only = error.hooks
-                continue
-            self.last_error = None
-            return True
-        log_error(LOGGER_NAME, "restore hooks still failing for generation %d: left unacknowledged", generation)
+            gate.retry(run)
+            if await gate.drive(run):
+                self.last_error = None
+                return True
+            self.last_error = RestoreHooksError(run.generation, run.errors)
+        log_error(LOGGER_NAME, "restore hooks still failing for generation %d: left unacknowledged", run.generation)
         return False
 
-    async def _moved_on(self, handle: AsyncSysGenID, generation: int, timeout: float | None) -> bool:
-        """Wait up to ``timeout`` seconds (None: for ever) for the generation to leave ``generation``.
-
-        The main handle stays readable while it is outdated, so it cannot tell of the next
-        change: a fresh, probe-only file can (it starts up to date), and is closed at once.
-        """
-        async with AsyncSysGenID.open(handle.path, abi=handle.abi, watcher=False) as sentinel:
-            if sentinel.generation != generation:
-                return True
-            with anyio.move_on_after(math.inf if timeout is None else timeout):
-                await sentinel.wait_for_change()
-                return True
-        return False
-
-    async def _deliver(self, handle: AsyncSysGenID, generation: int) -> bool:
-        """Offer ``generation`` to every subscriber; True once all that stay have handled it."""
+    def _offer(self, generation: int) -> list[weakref.ref[Subscription]]:
+        """Offer ``generation`` to every subscriber; the ones to wait for, held weakly."""
         self._offered = generation
         waiting = [weakref.ref(s) for s in self._subscribers]
         for reference in waiting:
@@ -257,6 +267,12 @@ class RestoreWatcher:
             if subscription is not None:
                 subscription._offer()
             del subscription
+        return waiting
+
+    async def _subscribers_done(
+        self, handle: AsyncSysGenID, generation: int, waiting: list[weakref.ref[Subscription]]
+    ) -> bool:
+        """True once every subscriber that stays has handled ``generation``."""
         while True:
             self._progress = anyio.Event()
             # A subscriber that stopped (break, error, close) no longer counts, as a closed
@@ -284,14 +300,26 @@ async def restore_watcher(
     """Run the process's restore watcher for the duration of the block.
 
     The one line a service needs (``async with restore_watcher(): ...``), in its main or in
-    an ASGI lifespan. Hooks registered before it starts run on the first change.
+    an ASGI lifespan. Hooks registered before it starts run on the first change. A second
+    watcher on the same registry raises :class:`~sysgenid_async.RestoreWatcherRunningError`.
     """
     watcher = RestoreWatcher(path, hooks=hooks, abi=abi, retry=retry)
-    # Open before the task group, so a missing device raises plainly, not in an ExceptionGroup.
-    watcher._opened = AsyncSysGenID.open(path, abi=abi)
-    async with anyio.create_task_group() as tasks:
-        await tasks.start(watcher.run)
-        try:
-            yield watcher
-        finally:
-            tasks.cancel_scope.cancel()
+    # Open and attach before the task group, so that a missing device or a second watcher
+    # raises plainly, not in an ExceptionGroup.
+    handle = watcher._opened = AsyncSysGenID.open(path, abi=abi)
+    try:
+        watcher._attach(handle)
+    except BaseException:
+        handle.close()
+        raise
+    try:
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(watcher.run)
+            try:
+                yield watcher
+            finally:
+                tasks.cancel_scope.cancel()
+    finally:
+        if watcher._attached:  # the task never ran
+            watcher._detach()
+            handle.close()

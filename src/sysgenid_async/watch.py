@@ -1,18 +1,22 @@
 """``watch()``: the generation changes as an async iterator.
 
-    async for generation in watch():
-        rebuild_unique_state()      # acknowledged once this body finishes without error
+    async with watch() as changes:
+        async for generation in changes:
+            rebuild_unique_state()      # acknowledged once this body finishes without error
 
-The iterator is a plain object, not an async generator, so leaving the loop by
-``break``, an exception or a cancel drops the last reference and closes the device at
-once (CPython frees it on the spot). ``async with watch() as changes:`` closes it
-explicitly, which is the idiom for other interpreters.
+A generation is acknowledged when the loop asks for the next one (the body finished), or
+when the ``async with`` block exits without an error. A body that raises leaves it
+unacknowledged, and a new ``async for`` over the same watch delivers it again. The block
+closes the device; a watch left to the garbage collector is closed there too, with a
+``ResourceWarning``, since when that happens is not something to rely on. A cancel that
+reaches the iteration closes the watch at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from types import TracebackType
 
 import anyio
@@ -28,12 +32,14 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
     """Yield each new generation of the device; acknowledge it when the loop body is done.
 
     - The generation yielded is acknowledged only when the next iteration starts, that
-      is, after the loop body finished without error. A body that raises leaves it
-      unacknowledged (the watcher then closes, as the loop is left).
+      is, after the loop body finished without error, or when ``async with`` exits
+      without an error. A body that raises leaves it unacknowledged; a new ``async for``
+      over the same watch yields it again.
     - Changes that pile up while the body runs coalesce to the latest: none is
       reported twice.
-    - ``ack=False`` never acknowledges: the device is reopened after each change, so
-      this watcher never holds an orchestrator back, but never counts as caught up.
+    - ``ack=False`` never acknowledges: the file is closed before the body runs and a
+      fresh one opened for the next wait, so this watcher never holds an orchestrator
+      back (not even while its body runs), but never counts as caught up.
     - :meth:`aclose` (from another task or thread too) ends the iteration.
 
     The device is opened by the call itself (so a missing device raises here), and
@@ -69,6 +75,9 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
         return self._handle
 
     def __aiter__(self) -> watch:
+        # A new loop over this watch: the last one left its body without asking for the next
+        # generation (an error, or a break), so what it was handling is not acknowledged.
+        self._pending = None
         return self
 
     async def __anext__(self) -> int:
@@ -99,16 +108,23 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
         return generation
 
     async def _next_without_ack(self) -> int:
-        if self._last_reported is not None and self._handle is not None:
-            # Reopen: a fresh file starts up to date, so poll waits for the next change.
-            self._handle.close()
-            self._handle = None
-            if self.handle.generation != self._last_reported:
-                self._last_reported = self.handle.generation
-                return self._last_reported
-        generation = await self.handle.wait_for_change()
+        handle = self.handle  # a fresh file after the last change: it starts up to date
+        if self._last_reported is not None and handle.generation != self._last_reported:
+            generation = handle.generation  # it changed while the body ran
+        else:
+            generation = await handle.wait_for_change()
         self._last_reported = generation
+        # Closed before the body runs: an outdated file would hold orchestrators back.
+        self._handle = None
+        handle.close()
         return generation
+
+    def acknowledge(self) -> None:
+        """Acknowledge the generation last yielded now, before the next iteration would."""
+        pending, self._pending = self._pending, None
+        if pending is not None and self._handle is not None:
+            with contextlib.suppress(StaleGenerationError):
+                self._handle.ack(pending)
 
     def close(self) -> None:
         """Close the device; an iteration waiting on it ends (StopAsyncIteration)."""
@@ -125,9 +141,17 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        try:
+            if exc_type is None and not self._closed:
+                self.acknowledge()  # the block finished its work: the last generation is handled
+        finally:
+            self.close()
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
-        if handle is not None:
+        if handle is not None and not handle.closed:
+            warnings.warn(
+                f"watch({self._path!r}) was not closed: use 'async with watch() as changes:'",
+                ResourceWarning, stacklevel=2, source=self,
+            )
             handle.close()

@@ -7,10 +7,14 @@
         ...
         sim.bump()                 # what a snapshot restore does
 
-With pytest, the ``sysgenid_sim`` fixture does this for each test (the plugin is
-registered automatically when the package is installed).
+With pytest, the ``sysgenid_sim`` fixture does this for each test, inside
+:func:`isolated_state` (fresh hook registry, restore gate, probe and identity registries);
+the plugin is registered automatically when the package is installed. The simulator lives
+in one process: a child process that opens it gets
+:class:`~sysgenid_async.errors.SimulatorProcessError`.
 """
 
+from .isolation import isolated_state
 from .simulator import TRIGGER_CAPABILITIES, SimulatedDevice, SimulatedFile
 
-__all__ = ["TRIGGER_CAPABILITIES", "SimulatedDevice", "SimulatedFile"]
+__all__ = ["TRIGGER_CAPABILITIES", "SimulatedDevice", "SimulatedFile", "isolated_state"]

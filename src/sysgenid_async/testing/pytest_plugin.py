@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from .isolation import isolated_state
 from .simulator import SimulatedDevice
 
 
@@ -25,7 +26,8 @@ def sysgenid_sim_abi() -> str:
 
 @pytest.fixture
 def sysgenid_sim(sysgenid_sim_abi: str) -> Iterator[SimulatedDevice]:
-    """A :class:`SimulatedDevice` installed at /dev/sysgenid and $SYSGENID_DEVICE for one test."""
+    """A :class:`SimulatedDevice` installed at /dev/sysgenid and $SYSGENID_DEVICE for one test,
+    with the library's process-wide state fresh (:func:`~sysgenid_async.testing.isolated_state`)."""
     device = SimulatedDevice(sysgenid_sim_abi)
-    with device.installed():
+    with isolated_state(), device.installed():
         yield device

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 from .. import uapi
 from ..device import validate_generation
-from ..rawfile import install_opener, remove_opener
+from ..errors import SimulatorProcessError
+from ..rawfile import SIMULATOR_ENV_VAR, install_opener, remove_opener
 from ..uapi import Abi
 
 __all__ = ["TRIGGER_CAPABILITIES", "SimulatedDevice", "SimulatedFile"]
@@ -54,6 +55,7 @@ class SimulatedDevice:
         self._words[0] = generation & uapi.GENERATION_MAX
         self._files: list[SimulatedFile] = []
         self._outdated = 0
+        self._pid = os.getpid()  # it lives in this process's memory only
 
     # -- what a test observes and drives ---------------------------------------------
 
@@ -87,6 +89,13 @@ class SimulatedDevice:
 
     def open_file(self, *, readonly: bool = False, nonblock: bool = True) -> SimulatedFile:
         """Open the device, as ``open(2)`` on the node would."""
+        if os.getpid() != self._pid:
+            raise SimulatorProcessError(
+                None,
+                f"the simulated sysgenid device of process {self._pid} was opened in process {os.getpid()} "
+                "(a fork): the simulator lives in one process's memory, and a copy would answer for "
+                "itself alone. Test across processes on the kernel device.",
+            )
         with self._cond:
             file = SimulatedFile(self, readonly=readonly, nonblock=nonblock)
             self._files.append(file)
@@ -96,18 +105,21 @@ class SimulatedDevice:
     def installed(self, path: str = uapi.DEFAULT_DEVICE_PATH, *, set_env: bool = True) -> Iterator[SimulatedDevice]:
         """Serve opens of ``path`` (and, with ``set_env``, the default path) from this device."""
         install_opener(path, self.open_file)
-        previous = os.environ.get(uapi.DEVICE_ENV_VAR)
+        saved = {name: os.environ.get(name) for name in (uapi.DEVICE_ENV_VAR, SIMULATOR_ENV_VAR)}
         if set_env:
             os.environ[uapi.DEVICE_ENV_VAR] = path
+            # Inherited by child processes, so that their open can say a simulator was meant.
+            os.environ[SIMULATOR_ENV_VAR] = f"{self._pid}:{path}"
         try:
             yield self
         finally:
             remove_opener(path, self.open_file)
             if set_env:
-                if previous is None:
-                    os.environ.pop(uapi.DEVICE_ENV_VAR, None)
-                else:
-                    os.environ[uapi.DEVICE_ENV_VAR] = previous
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
 
     # -- the driver side, called by SimulatedFile with self._cond held ---------------
 

@@ -1,0 +1,48 @@
+"""Test isolation: the process-wide state of the library, fresh for one test.
+
+    from sysgenid_async.testing import isolated_state
+
+    @pytest.fixture(autouse=True)
+    def clean_sysgenid():
+        with isolated_state():
+            yield
+
+The ``sysgenid_sim`` fixture does this for you. What is process-wide, and so leaks from
+one test to the next without it: the process's hook registry (``restore_hooks``, which
+``@on_restore`` and ``install_default_hooks()`` fill) and its restore gate, the process
+probe that generation-bound values read, and the registries of identities and ``random``
+instances that the ready-made hooks renew.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from .. import gate, reseed
+from ..hooks import restore_hooks
+
+__all__ = ["isolated_state"]
+
+
+@contextlib.contextmanager
+def isolated_state() -> Iterator[None]:
+    """Run the block with empty process-wide registries and a fresh gate and probe; put the
+    registries back afterwards (hooks registered by the block are dropped)."""
+    saved_hooks = restore_hooks._replace_hooks([])
+    saved_identities = list(reseed._identities)
+    saved_randoms = list(reseed._randoms)
+    reseed._identities.clear()
+    reseed._randoms.clear()
+    gate.close_process_probe()
+    restore_hooks.gate.reset()
+    try:
+        yield
+    finally:
+        gate.close_process_probe()
+        restore_hooks.gate.reset()
+        restore_hooks._replace_hooks(saved_hooks)
+        reseed._identities.clear()
+        reseed._randoms.clear()
+        reseed._identities.update(saved_identities)
+        reseed._randoms.update(saved_randoms)
