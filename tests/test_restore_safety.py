@@ -378,3 +378,44 @@ async def test_a_timed_out_sync_hook_is_not_run_twice_at_once(default_device: Ba
         assert "still running" in repr(watcher.last_error.exceptions[0].__cause__)  # type: ignore[union-attr]
         release.set()
         await until(lambda: watcher.acknowledged == new)
+
+
+# -- without a restore watcher: the first touch runs the hooks --------------------------------
+
+
+def test_without_a_watcher_the_first_touch_runs_the_hooks_and_retries_them(default_device: Backend) -> None:
+    hooks = RestoreHooks()
+    attempts: list[int] = []
+
+    @hooks.register(phase=Phase.RESEED)
+    def flaky(generation: int) -> None:
+        attempts.append(generation)
+        if len(attempts) <= 2:
+            raise OSError("not yet")
+
+    value = GenerationBound(object, hooks=hooks)
+    before = value()
+    new = default_device.bump()
+    with pytest.raises(RestorePendingError, match="flaky") as caught:
+        value()  # runs the hook, and retries it once: both fail
+    assert "not yet" in str(caught.value.__cause__.__cause__)  # type: ignore[union-attr]
+    assert attempts == [new, new]
+    assert value() is not before, "the next touch retried the failed hook, which succeeded"
+    assert attempts == [new, new, new]
+    assert hooks.gate.ready == new
+
+
+def test_without_a_watcher_an_async_hook_cannot_run_for_a_sync_value(default_device: Backend) -> None:
+    hooks = RestoreHooks()
+
+    @hooks.register
+    async def reconnect(generation: int) -> None:
+        pass
+
+    value = GenerationBound(object, hooks=hooks)
+    value()
+    default_device.bump()
+    with pytest.raises(RestorePendingError, match="needs a running restore watcher"):
+        value()
+    value_before_it = GenerationBound(object, hooks=hooks, phase=Phase.RESEED)
+    value_before_it()  # hooks after its phase do not hold it back

@@ -198,7 +198,7 @@ class RestoreGate:
         return run
 
     def _succeed(self, run: HookRun) -> None:
-        if self._run is run or self._run is None:
+        if self._run is run:  # not a run that a newer generation replaced
             self.ready = run.generation
             self._run = None
         self._cond.notify_all()
@@ -260,7 +260,7 @@ class RestoreGate:
                         return None
                     hook = run.next_hook
                     if hook is None or not hook.runs_inline:
-                        return run.hooks[run.index if run.index < len(run.hooks) else run.ok]
+                        return run.hooks[run.ok if run.finished else run.index]
                     run.claim()
                 error = hook.attempt_inline(run.generation)
                 with self._cond:
@@ -284,6 +284,7 @@ class RestoreGate:
         if _running_hooks.get() == (id(self), generation):
             return
         deadline = time.monotonic() + RESTORE_WAIT_SECONDS
+        retried = False
         while True:
             with self._cond:
                 run = self._run_for(generation)
@@ -294,6 +295,11 @@ class RestoreGate:
                 return
             with self._cond:
                 if run.finished and not run.succeeded:
+                    if self._watcher is None and not retried:
+                        # Nobody else will retry: this caller does, once per call.
+                        retried = True
+                        run.retry()
+                        continue
                     raise self._pending(run, blocker, "its restore hooks failed and wait for a retry")
                 can_wait = self._watcher is not None and self._watcher_thread != threading.get_ident()
                 if not can_wait:
@@ -313,11 +319,15 @@ class RestoreGate:
         if _running_hooks.get() == (id(self), generation):
             return
         deadline = None if timeout is None else time.monotonic() + timeout
+        retried = False
         while True:
             run = self.pending_run(generation)
             if run is None or run.ready_through(priority):
                 return
             with self._cond:
+                if run.finished and not run.succeeded and self._watcher is None and not retried:
+                    retried = True  # nobody else will retry: this caller does, once per call
+                    run.retry()
                 runnable = not run.finished and not run.busy
             if runnable:
                 await self.drive(run)
