@@ -21,12 +21,14 @@ def secret() -> str:
     return os.urandom(8).hex()
 
 
-def worker(commands: int) -> None:
+def worker(commands: int, started: int) -> None:
+    os.write(started, b"s")  # up: the library's at-fork handlers have run
     os.read(commands, 1)  # "go": after the restore
     try:
-        print(f"child {os.getpid()} {secret()}", flush=True)
+        line = f"child {os.getpid()} {secret()}\n"
     except Exception as exc:
-        print(f"child-error {os.getpid()} {type(exc).__name__}: {exc}", flush=True)
+        line = f"child-error {os.getpid()} {type(exc).__name__}: {exc}\n"
+    os.write(1, line.encode())  # one write: the workers share the pipe
     os.read(commands, 1)  # "quit"
 
 
@@ -36,16 +38,19 @@ def main() -> None:
     before = secret()
     master_watcher = Device.open(path)
     workers: list[tuple[int, int]] = []
+    started_read, started_write = os.pipe()
     for _ in range(count):
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(write_end)
-            worker(read_end)
+            worker(read_end, started_write)
             os._exit(0)
         os.close(read_end)
         workers.append((pid, write_end))
-    print(f"ready {before}", flush=True)
+    for _ in range(count):
+        os.read(started_read, 1)
+    print(f"ready {before} {' '.join(str(pid) for pid, _ in workers)}", flush=True)
     for line in sys.stdin:
         command = line.strip()
         if command == "close-master":

@@ -150,8 +150,8 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
         if handle is not None and not handle.closed:
+            handle.close()  # first: the warning may be raised as an error
             warnings.warn(
                 f"watch({self._path!r}) was not closed: use 'async with watch() as changes:'",
                 ResourceWarning, stacklevel=2, source=self,
             )
-            handle.close()
