@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -217,33 +219,26 @@ async def test_reopen_under_load_never_shows_an_empty_or_closed_resource() -> No
 # -- case 6: the fixture isolates tests -------------------------------------------------------
 
 
+def readme_test_example() -> str:
+    """The test example of README.md, as it stands there."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
+    (example,) = [block for block in blocks if "def test_" in block]
+    return example
+
+
 def test_the_readme_test_passes_twice_in_one_session(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_token="""
-        from sysgenid_async import generation_bound, on_restore
-
-        calls = []
-
-        def test_the_token_changes_on_restore(sysgenid_sim):
-            token = generation_bound(object)
-            before = token()
-            sysgenid_sim.bump()
-            assert token() is not before
-
-        def test_the_token_changes_on_restore_again(sysgenid_sim):
-            token = generation_bound(object)
-            before = token()
-            sysgenid_sim.bump()
-            assert token() is not before
+    example = readme_test_example()
+    again = example.replace("def test_", "def test_again_")
+    pytester.makepyfile(test_first=example, test_second=again, test_hooks="""
+        from sysgenid_async import on_restore, restore_hooks
 
         def test_a_hook_of_one_test(sysgenid_sim):
-            on_restore(calls.append)
+            on_restore(print)
 
-        def test_is_not_run_in_the_next(sysgenid_sim):
-            from sysgenid_async import restore_hooks
+        def test_is_not_in_the_next(sysgenid_sim):
             assert len(restore_hooks) == 0
-        """
-    )
+        """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
 
@@ -299,6 +294,38 @@ def test_a_forked_child_is_refused_the_simulator(sysgenid_sim: SimulatedDevice) 
         answer = pipe.read().decode()
     os.waitpid(pid, 0)
     assert answer.startswith("refused:") and "fork" in answer
+
+
+@pytest.mark.anyio
+async def test_a_forked_child_starts_with_no_watcher_and_no_parent_file(default_device: Backend) -> None:
+    """The parent's restore watcher does not run in a child: the child may start its own, and
+    the parent's handles there are released and refuse use (ForkedHandleError)."""
+    import warnings
+
+    async with restore_watcher(default_device.path) as watcher:
+        assert restore_hooks.gate.watcher is watcher
+        read_end, write_end = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            from sysgenid_async import ForkedHandleError
+
+            checks = [restore_hooks.gate.watcher is None, watcher.handle.device.closed]
+            try:
+                watcher.handle.ack(0)
+            except ForkedHandleError:
+                checks.append(True)
+            except BaseException:
+                checks.append(False)
+            os.write(write_end, repr(checks).encode())
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read().decode()
+        os.waitpid(pid, 0)
+        assert answer == "[True, True, True]"
+        assert not watcher.handle.device.closed, "the parent's file is untouched"
 
 
 # -- case 8: one restore watcher per registry -------------------------------------------------
