@@ -224,7 +224,7 @@ def readme_test_example() -> str:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     blocks = re.findall(r"^```python\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
     (example,) = [block for block in blocks if "def test_" in block]
-    return example
+    return str(example)
 
 
 def test_the_readme_test_passes_twice_in_one_session(pytester: pytest.Pytester) -> None:
@@ -323,7 +323,7 @@ async def test_a_forked_child_starts_with_no_watcher_and_no_parent_file(default_
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
             answer = pipe.read().decode()
-        os.waitpid(pid, 0)
+        await anyio.to_thread.run_sync(os.waitpid, pid, 0)
         assert answer == "[True, True, True]"
         assert not watcher.handle.device.closed, "the parent's file is untouched"
 
