@@ -37,7 +37,7 @@ async def main(path: str, count: int) -> None:
                 counts["backwards"] += 1
             previous = generation
             if final.done() and generation == final.result():
-                changes.handle.ack(generation)  # acknowledged before the loop ends
+                changes.acknowledge()  # before the loop ends
                 counts["caught_up"] += 1
                 return
 
