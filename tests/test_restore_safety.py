@@ -22,6 +22,7 @@ import pytest
 
 from backends import Backend
 from sysgenid_async import (
+    AsyncGenerationBound,
     Device,
     GenerationBound,
     Phase,
@@ -69,6 +70,8 @@ def stale_draw(state: object) -> int:
 @pytest.mark.anyio
 async def test_a_request_racing_the_hooks_gets_a_reseeded_value(default_device: Backend) -> None:
     install_default_hooks()
+    runs: list[int] = []
+    on_restore(runs.append, phase=Phase.SECRETS)
 
     @generation_bound
     def prefix() -> int:
@@ -81,8 +84,10 @@ async def test_a_request_racing_the_hooks_gets_a_reseeded_value(default_device: 
         # The request runs now, before the watcher's task has had a turn.
         value = prefix()
         assert value != stale_draw(snapshot_state), "built from the RNG state of the snapshot"
+        assert runs == [new], "the request ran the pending sync hooks itself"
         await until(lambda: watcher.acknowledged == new)
-        assert prefix() == value, "one value per generation: the watcher's hooks did not run twice"
+        assert prefix() == value, "one value per generation"
+        assert runs == [new], "the watcher found the run done: no hook ran twice"
 
 
 @pytest.mark.anyio
@@ -116,6 +121,37 @@ async def test_an_async_hook_before_the_value_makes_a_sync_request_wait_or_refus
         await anyio.to_thread.run_sync(reader.join, 30)
         assert from_thread == [f"token-from-key-{new}"]
         await until(lambda: watcher.acknowledged == new)
+
+
+@pytest.mark.anyio
+async def test_an_async_bound_value_waits_for_an_async_hook(default_device: Backend) -> None:
+    hooks = RestoreHooks()
+    key = {"value": "snapshot"}
+    release = anyio.Event()
+
+    @hooks.register(phase=Phase.SECRETS)
+    async def rotate(generation: int) -> None:
+        await release.wait()
+        key["value"] = f"key-{generation}"
+
+    async def connect() -> str:
+        return f"session-with-{key['value']}"
+
+    session = AsyncGenerationBound(connect, hooks=hooks)
+    async with restore_watcher(default_device.path, hooks=hooks):
+        assert await session.get() == "session-with-snapshot"
+        new = default_device.bump()
+        got: list[str] = []
+
+        async def request() -> None:
+            got.append(await session.get())
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(request)
+            await anyio.sleep(0.1)
+            assert got == [], "held until the hook has run"
+            release.set()
+        assert got == [f"session-with-key-{new}"]
 
 
 @pytest.mark.anyio
