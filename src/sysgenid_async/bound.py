@@ -93,10 +93,7 @@ class _Bound:
     ) -> None:
         if not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
-        if phase is not None and (isinstance(phase, bool) or not isinstance(phase, (int, float))):
-            raise TypeError(f"phase must be a Phase (or a priority), not {type(phase).__name__}")
-        if hooks is not None and not isinstance(hooks, RestoreHooks):
-            raise TypeError(f"hooks must be a RestoreHooks registry, not {type(hooks).__name__}")
+        _check_options(phase, hooks)
         _check_factory(factory, is_async=is_async)
         self._probe = probe
         self._hooks = hooks
@@ -231,8 +228,16 @@ def generation_bound(
     succeeded for it. An ``async def`` factory needs :class:`AsyncGenerationBound`.
     """
     if factory is None:
+        _check_options(phase, hooks)  # now, not when the decorator is applied
         return lambda f: GenerationBound(f, phase=phase, hooks=hooks)
     return GenerationBound(factory, phase=phase, hooks=hooks)
+
+
+def _check_options(phase: object, hooks: object) -> None:
+    if phase is not None and (isinstance(phase, bool) or not isinstance(phase, (int, float))):
+        raise TypeError(f"phase must be a Phase (or a priority), not {type(phase).__name__}")
+    if hooks is not None and not isinstance(hooks, RestoreHooks):
+        raise TypeError(f"hooks must be a RestoreHooks registry, not {type(hooks).__name__}")
 
 
 def _check_factory(factory: Callable[..., object], *, is_async: bool) -> None:
