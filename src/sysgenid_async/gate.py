@@ -55,7 +55,7 @@ _running_hooks: contextvars.ContextVar[tuple[int, int] | None] = contextvars.Con
 class HookRun:
     """One generation's passes over the hooks, in run order."""
 
-    __slots__ = ("busy", "errors", "generation", "hooks", "index", "ok", "passes", "stop_priority")
+    __slots__ = ("busy", "errors", "generation", "hooks", "index", "ok", "stop_priority")
 
     def __init__(self, generation: int, hooks: list[RestoreHook]) -> None:
         self.generation = generation
@@ -65,7 +65,6 @@ class HookRun:
         self.busy = False  # a runner is inside hooks[index]
         self.errors: list[HookError] = []  # the current pass's failures
         self.stop_priority: int | None = None  # set by a failure: the pass ends after that phase
-        self.passes = 0
 
     @property
     def finished(self) -> bool:
@@ -105,8 +104,6 @@ class HookRun:
             if self.stop_priority is None:
                 self.stop_priority = hook.priority
         self.index += 1
-        if self.finished:
-            self.passes += 1
 
     def abandon(self) -> None:
         """The claimed hook was interrupted (a cancel): the next runner runs it again."""
@@ -202,12 +199,6 @@ class RestoreGate:
             self.ready = run.generation
             self._run = None
         self._cond.notify_all()
-
-    def last_errors(self, generation: int) -> list[HookError]:
-        """The failures of the last pass for ``generation`` (empty if none failed)."""
-        with self._cond:
-            run = self._run
-            return list(run.errors) if run is not None and run.generation == generation else []
 
     def retry(self, run: HookRun) -> None:
         with self._cond:
