@@ -90,8 +90,9 @@ async def test_a_request_racing_the_hooks_gets_a_reseeded_value(default_device: 
         assert runs == [new], "the watcher found the run done: no hook ran twice"
 
 
-@pytest.mark.anyio
-async def test_an_async_hook_before_the_value_makes_a_sync_request_wait_or_refuse(default_device: Backend) -> None:
+def held_key_rotation() -> tuple[RestoreHooks, dict[str, str], anyio.Event]:
+    """A registry with one async SECRETS hook, ``rotate``, that renews ``key["value"]`` once
+    ``release`` is set: a hook that is still running while requests arrive."""
     hooks = RestoreHooks()
     key = {"value": "snapshot"}
     release = anyio.Event()
@@ -101,6 +102,12 @@ async def test_an_async_hook_before_the_value_makes_a_sync_request_wait_or_refus
         await release.wait()
         key["value"] = f"key-{generation}"
 
+    return hooks, key, release
+
+
+@pytest.mark.anyio
+async def test_an_async_hook_before_the_value_makes_a_sync_request_wait_or_refuse(default_device: Backend) -> None:
+    hooks, key, release = held_key_rotation()
     token = GenerationBound(lambda: f"token-from-{key['value']}", hooks=hooks)
     async with restore_watcher(default_device.path, hooks=hooks) as watcher:
         assert token() == "token-from-snapshot"
@@ -125,15 +132,7 @@ async def test_an_async_hook_before_the_value_makes_a_sync_request_wait_or_refus
 
 @pytest.mark.anyio
 async def test_an_async_bound_value_waits_for_an_async_hook(default_device: Backend) -> None:
-    hooks = RestoreHooks()
-    key = {"value": "snapshot"}
-    release = anyio.Event()
-
-    @hooks.register(phase=Phase.SECRETS)
-    async def rotate(generation: int) -> None:
-        await release.wait()
-        key["value"] = f"key-{generation}"
-
+    hooks, key, release = held_key_rotation()
     async def connect() -> str:
         return f"session-with-{key['value']}"
 
