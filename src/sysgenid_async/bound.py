@@ -34,7 +34,7 @@ import anyio
 
 from .device import Device
 from .gate import RESTORE_WAIT_SECONDS, RestoreGate, read_generation
-from .hooks import RestoreHooks, restore_hooks
+from .hooks import RestoreHooks, check_callable_as, restore_hooks
 
 __all__ = ["AsyncGenerationBound", "GenerationBound", "GenerationProbe", "generation_bound", "shared_probe"]
 
@@ -250,14 +250,4 @@ def _check_factory(factory: Callable[..., object], *, is_async: bool) -> None:
             f"{getattr(factory, '__qualname__', factory)!s} is an async def: use AsyncGenerationBound, "
             "whose get() awaits it (a sync bound value would store the coroutine, once)"
         )
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):  # some builtins have none
-        return
-    try:
-        signature.bind()
-    except TypeError:
-        raise TypeError(
-            f"a generation-bound factory is called with no argument; {getattr(factory, '__qualname__', factory)!s}"
-            f"{signature} cannot be"
-        ) from None
+    check_callable_as(factory, (), "a generation-bound factory is called with no argument")

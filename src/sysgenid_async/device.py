@@ -42,7 +42,8 @@ WAIT_SLICE_SECONDS = 0.05
 
 
 class SlicedWait:
-    """The deadline of a ``wait_watchers`` call, handed out as slices of at most 50 ms."""
+    """A deadline (``wait_watchers``, the restore gate's waits), handed out as slices of at
+    most 50 ms, so that a close, a cancel or a signal is seen promptly."""
 
     def __init__(self, timeout: object) -> None:
         seconds = validate_timeout(timeout)

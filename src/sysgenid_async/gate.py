@@ -25,13 +25,12 @@ import contextvars
 import math
 import os
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING
 
 import anyio
 
-from .device import Device, resolve_device_path, validate_timeout
+from .device import Device, SlicedWait, resolve_device_path, validate_timeout
 from .errors import RestorePendingError, RestoreWatcherRunningError
 from .uapi import Abi
 
@@ -274,7 +273,7 @@ class RestoreGate:
         """
         if _running_hooks.get() == (id(self), generation):
             return
-        deadline = time.monotonic() + RESTORE_WAIT_SECONDS
+        wait = SlicedWait(RESTORE_WAIT_SECONDS)
         retried = False
         while True:
             with self._cond:
@@ -300,16 +299,15 @@ class RestoreGate:
                         else "a restore hook that needs a running restore watcher (async or timed) has not run"
                     )
                     raise self._pending(run, blocker, reason)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if wait.expired():
                     raise self._pending(run, blocker, f"the restore hooks did not finish in {RESTORE_WAIT_SECONDS} s")
-                self._cond.wait(min(remaining, 1.0))
+                self._cond.wait(wait.next_slice())
 
     async def restored(self, generation: int, priority: float = math.inf, timeout: float | None = None) -> None:
         """The async :meth:`require`: run what is next, wait for the rest (up to ``timeout``)."""
         if _running_hooks.get() == (id(self), generation):
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = SlicedWait(timeout)
         retried = False
         while True:
             run = self.pending_run(generation)
@@ -323,7 +321,7 @@ class RestoreGate:
             if runnable:
                 await self.drive(run)
                 continue
-            if deadline is not None and time.monotonic() >= deadline:
+            if wait.expired():
                 blocker = run.hooks[min(run.ok, len(run.hooks) - 1)]
                 raise self._pending(run, blocker, f"the restore hooks did not finish in {timeout} s")
             await anyio.sleep(_POLL_SECONDS)

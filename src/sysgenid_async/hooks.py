@@ -260,7 +260,7 @@ class RestoreHooks:
             raise ValueError("timeout must be a positive number of seconds or None, got 0")
         import inspect  # at registration, not at import: it is slow to import
 
-        _check_signature(function, inspect)
+        check_callable_as(function, (0,), "a restore hook is called as hook(generation)")
 
         target: Callable[[], HookFunction | None]
         if weak:
@@ -325,18 +325,19 @@ class RestoreHooks:
             raise RestoreHooksError(generation, run.errors)
 
 
-def _check_signature(function: Callable[..., Any], inspect: Any) -> None:
-    """A hook is called as ``hook(generation)``: refuse at registration what cannot be."""
+def check_callable_as(function: Callable[..., Any], arguments: tuple[object, ...], how: str) -> None:
+    """Refuse, when it is registered, a callable that cannot take ``arguments``; ``how`` says
+    how it is called (the start of the message)."""
+    import inspect  # here, not at import: it is slow to import
+
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):  # some builtins have none: let them through
         return
     try:
-        signature.bind(0)
+        signature.bind(*arguments)
     except TypeError:
-        raise TypeError(
-            f"a restore hook is called as hook(generation); {_hook_name(function)}{signature} cannot be"
-        ) from None
+        raise TypeError(f"{how}; {_hook_name(function)}{signature} cannot be") from None
 
 
 def _caller_cancelled() -> bool:
