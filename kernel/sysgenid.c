@@ -12,6 +12,14 @@
  * Built with SYSGENID_FIXED_ABI=4 or 8 (make FIXED_ABI=8), the module has one
  * personality and no parameter, as a distribution's driver would.
  *
+ * The "flavour" parameter reproduces the observed behaviour of the drivers that
+ * ship, so that clients can be tested against them:
+ *
+ *     insmod sysgenid.ko flavour=amazon-linux   # Amazon Linux's v8 driver
+ *     insmod sysgenid.ko flavour=v4-patch       # the v4 patch as posted
+ *
+ * The default flavour, sysgenid-async, is this module's own, stricter behaviour.
+ *
  * On kernels with CONFIG_VMGENID the module follows the hypervisor's VM generation
  * (restores and clones) through the vmfork notifier; vmfork=0 turns that off, and the
  * read-only parameter "backend" tells which it is.
@@ -36,7 +44,9 @@
 #include <linux/random.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/string.h>
 #include <linux/uaccess.h>
+#include <linux/user_namespace.h>
 #include <linux/version.h>
 #include <linux/wait.h>
 
@@ -46,10 +56,68 @@
 /* A build with one personality and no parameter, like a distribution's driver. */
 static const int abi = SYSGENID_FIXED_ABI;
 #else
-static int abi = 4;
+/* 0 until loaded: then the flavour's ABI, or 4 for the module's own flavour */
+static int abi;
 module_param(abi, int, 0444);
-MODULE_PARM_DESC(abi, "ABI personality: 4 (documented v4, default) or 8 (shipped v8)");
+MODULE_PARM_DESC(abi, "ABI personality: 4 (documented v4, the default) or 8 (shipped v8)");
 #endif
+
+/*
+ * How a flavour departs from this module's own behaviour. Each field is a
+ * behaviour observed on a shipped driver; docs/drivers.md lists them.
+ */
+struct sg_flavour {
+	const char *name;
+	int abi;			/* 0: either */
+	/*
+	 * The counter is an int: a minimum of 2^31 or more is ignored, and the
+	 * value after 0x7fffffff is 0.
+	 */
+	bool signed_counter;
+	/*
+	 * A trigger counts every tracked watcher as outdated, even those that
+	 * acknowledged the value it left in place.
+	 */
+	bool recount_all_tracked;
+	bool tracking_any_nonzero;	/* SET_WATCHER_TRACKING(n != 0) is on */
+	bool restart_on_signal;		/* a signal gives ERESTARTSYS, not EINTR */
+	bool private_mapping;		/* a read-only MAP_PRIVATE mapping is accepted */
+	bool caller_userns_capability;	/* the trigger's capability in the caller's namespace */
+	umode_t mode;
+};
+
+static const struct sg_flavour sg_flavours[] = {
+	{
+		.name = "sysgenid-async",
+		.mode = 0666,
+	},
+	{
+		.name = "amazon-linux",
+		.abi = 8,
+		.signed_counter = true,
+		.recount_all_tracked = true,
+		.tracking_any_nonzero = true,
+		.restart_on_signal = true,
+		.private_mapping = true,
+		.caller_userns_capability = true,
+		.mode = 0600,
+	},
+	{
+		.name = "v4-patch",
+		.abi = 4,
+		.signed_counter = true,
+		.restart_on_signal = true,
+		.private_mapping = true,
+		.caller_userns_capability = true,
+		.mode = 0600,
+	},
+};
+
+static char *flavour = "sysgenid-async";
+module_param(flavour, charp, 0444);
+MODULE_PARM_DESC(flavour, "behave as sysgenid-async (default), amazon-linux or v4-patch");
+
+static const struct sg_flavour *sg_flavour = &sg_flavours[0];
 
 static bool vmfork = true;
 module_param(vmfork, bool, 0444);
@@ -126,10 +194,21 @@ static bool sg_watcher_outdated(struct sg_watcher *w)
 	return ret;
 }
 
+/* Caller holds sg.lock. max(min_gen, current + 1), as the flavour computes it. */
+static u32 sg_next_generation_locked(u32 min_gen)
+{
+	s32 next;
+
+	/* u32: 0xffffffff + 1 wraps to 0 */
+	if (!sg_flavour->signed_counter)
+		return max_t(u32, min_gen, sg.page[0] + 1);
+	next = sg.page[0] >= S32_MAX ? 0 : sg.page[0] + 1;
+	return max_t(s32, (s32)min_gen, next);
+}
+
 /*
- * Set the generation to max(min_gen, current + 1), computed in u32 so that
- * 0xffffffff + 1 wraps to 0. Recounting the outdated watchers from the list
- * keeps the total exact even when a wrapped value meets an old ack.
+ * Recounting the outdated watchers from the list keeps the total exact even
+ * when a wrapped value meets an old ack.
  */
 static void sg_bump(u32 min_gen)
 {
@@ -139,10 +218,10 @@ static void sg_bump(u32 min_gen)
 	u32 next;
 
 	spin_lock_irqsave(&sg.lock, flags);
-	next = max_t(u32, min_gen, sg.page[0] + 1);
+	next = sg_next_generation_locked(min_gen);
 	WRITE_ONCE(sg.page[0], next);
 	list_for_each_entry(w, &sg.watchers, node)
-		if (w->tracked && w->acked != next)
+		if (w->tracked && (w->acked != next || sg_flavour->recount_all_tracked))
 			outdated++;
 	sg.outdated = outdated;
 	spin_unlock_irqrestore(&sg.lock, flags);
@@ -334,9 +413,13 @@ static bool sg_wait_done(struct sg_watcher *w)
  * WAIT_WATCHERS(ms), ms == 0 meaning no timeout. Returns 0 once no tracked
  * watcher is outdated. -EINTR when the caller is (or becomes) outdated, and
  * on a signal. A timeout gives -EINTR on v4 and -ETIME on v8.
+ *
+ * A signal gives -EINTR rather than -ERESTARTSYS: a restarted wait would start
+ * its timeout again. The shipped drivers restart; their flavours do too.
  */
 static long sg_wait_watchers(struct sg_watcher *w, unsigned long timeout_ms)
 {
+	long on_signal = sg_flavour->restart_on_signal ? -ERESTARTSYS : -EINTR;
 	long ret;
 
 	if (sg_watcher_outdated(w))
@@ -344,14 +427,14 @@ static long sg_wait_watchers(struct sg_watcher *w, unsigned long timeout_ms)
 	if (timeout_ms == 0) {
 		ret = wait_event_interruptible(sg.outdated_wq, sg_wait_done(w));
 		if (ret)
-			return -EINTR;
+			return on_signal;
 	} else {
 		ret = wait_event_interruptible_timeout(sg.outdated_wq,
 				sg_wait_done(w),
 				msecs_to_jiffies(min_t(unsigned long, timeout_ms,
 						       UINT_MAX)));
 		if (ret < 0)
-			return -EINTR;
+			return on_signal;
 		if (ret == 0 && !sg_wait_done(w))
 			return sg_is_v8() ? -ETIME : -EINTR;
 	}
@@ -363,8 +446,9 @@ static long sg_set_tracking(struct sg_watcher *w, unsigned long on)
 	unsigned long flags;
 	bool wake = false;
 
-	if (on > 1)
+	if (on > 1 && !sg_flavour->tracking_any_nonzero)
 		return -EINVAL;
+	on = !!on;
 	spin_lock_irqsave(&sg.lock, flags);
 	if (w->tracked != !!on) {
 		w->tracked = on;
@@ -415,8 +499,14 @@ static long sg_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			return -EINVAL;
 		}
 	}
-	/* FORCE_GEN_UPDATE / TRIGGER_GEN_UPDATE, in the caller's user namespace */
-	if (!checkpoint_restore_ns_capable(current_user_ns()))
+	/*
+	 * FORCE_GEN_UPDATE / TRIGGER_GEN_UPDATE. The generation is machine-wide,
+	 * so the capability counts in the initial user namespace: in the caller's
+	 * own (as the shipped drivers check it), anyone who can create a user
+	 * namespace could fake a restore for every service on the machine.
+	 */
+	if (!checkpoint_restore_ns_capable(sg_flavour->caller_userns_capability ?
+					   current_user_ns() : &init_user_ns))
 		return -EACCES;
 	sg_bump((u32)arg);
 	return 0;
@@ -431,7 +521,7 @@ static int sg_mmap(struct file *file, struct vm_area_struct *vma)
 	if (vma->vm_flags & VM_WRITE)
 		return -EPERM;
 	/* MAP_SHARED only; VM_SHARED itself is cleared for read-only files */
-	if (!(vma->vm_flags & VM_MAYSHARE))
+	if (!(vma->vm_flags & VM_MAYSHARE) && !sg_flavour->private_mapping)
 		return -EINVAL;
 	/* no later mprotect(PROT_WRITE) either */
 	sg_vm_flags_clear(vma, VM_MAYWRITE);
@@ -458,17 +548,43 @@ static struct miscdevice sg_misc = {
 	.minor	= MISC_DYNAMIC_MINOR,
 	.name	= "sysgenid",
 	.fops	= &sg_fops,
-	.mode	= 0666,
 };
+
+static int sg_choose_flavour(void)
+{
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(sg_flavours); i++)
+		if (sysfs_streq(flavour, sg_flavours[i].name))
+			break;
+	if (i == ARRAY_SIZE(sg_flavours)) {
+		pr_err("sysgenid: flavour=%s is not sysgenid-async, amazon-linux or v4-patch\n", flavour);
+		return -EINVAL;
+	}
+	sg_flavour = &sg_flavours[i];
+#ifndef SYSGENID_FIXED_ABI
+	if (abi == 0)
+		abi = sg_flavour->abi ?: 4;
+#endif
+	if (abi != 4 && abi != 8) {
+		pr_err("sysgenid: abi=%d is not 4 or 8\n", abi);
+		return -EINVAL;
+	}
+	if (sg_flavour->abi && sg_flavour->abi != abi) {
+		pr_err("sysgenid: flavour=%s speaks abi %d, not %d\n", sg_flavour->name, sg_flavour->abi, abi);
+		return -EINVAL;
+	}
+	sg_misc.mode = sg_flavour->mode;
+	return 0;
+}
 
 static int __init sg_init(void)
 {
 	int ret;
 
-	if (abi != 4 && abi != 8) {
-		pr_err("sysgenid: abi=%d is not 4 or 8\n", abi);
-		return -EINVAL;
-	}
+	ret = sg_choose_flavour();
+	if (ret)
+		return ret;
 	sg.page = (u32 *)get_zeroed_page(GFP_KERNEL);
 	if (!sg.page)
 		return -ENOMEM;
@@ -483,7 +599,7 @@ static int __init sg_init(void)
 		free_page((unsigned long)sg.page);
 		return ret;
 	}
-	pr_info("sysgenid: /dev/%s ready, abi v%d\n", sg_misc.name, abi);
+	pr_info("sysgenid: /dev/%s ready, abi v%d, flavour %s\n", sg_misc.name, abi, sg_flavour->name);
 	sg_backend_start();
 	return 0;
 }

@@ -9,6 +9,8 @@ on every backend: that is what proves the simulator faithful.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import os
 import subprocess
@@ -21,13 +23,48 @@ from typing import Protocol
 
 from sysgenid_async import uapi
 from sysgenid_async.rawfile import KernelFile, RawFile
-from sysgenid_async.testing import TRIGGER_CAPABILITIES, SimulatedDevice, SimulatedFile
+from sysgenid_async.testing import TRIGGER_CAPABILITIES, Flavour, Quirk, SimulatedDevice, SimulatedFile
 from sysgenid_async.uapi import Abi
 
 HERE = Path(__file__).resolve().parent
 SIM_PATH = "/dev/sysgenid-simulated"
 KERNEL_PATH = "/dev/sysgenid"
 NOBODY = 65534
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSpec:
+    """What a backend name says: ``sim-v4``, ``kernel-v8``, ``sim-amazon-linux``, ``kernel-v4-patch``...
+
+    ``v4`` and ``v8`` are the project's own module (or simulator) in that ABI; a flavour name
+    is the project's module behaving as that shipped driver. A *foreign* kernel module (not
+    ours, given with ``--kernel-module``) has the flavour of the named driver it is
+    (``--kernel-driver``), or None when unknown.
+    """
+
+    name: str
+    kind: str  # "sim" or "kernel"
+    abi: Abi
+    flavour: Flavour | None
+    foreign: bool = False
+
+    @classmethod
+    def parse(cls, name: str, *, foreign_driver: str | None = None) -> BackendSpec:
+        kind, _, rest = name.partition("-")
+        if kind not in ("sim", "kernel"):
+            raise ValueError(f"backend {name!r}: not sim-... or kernel-...")
+        if foreign_driver is not None:
+            flavour = None if foreign_driver == "unknown" else Flavour(foreign_driver)
+            return cls(name, kind, Abi(rest), flavour, foreign=True)
+        if rest in ("v4", "v8"):
+            return cls(name, kind, Abi(rest), Flavour.SYSGENID_ASYNC)
+        flavour = Flavour(rest)
+        assert flavour.abi is not None, "a shipped driver speaks one ABI"
+        return cls(name, kind, flavour.abi, flavour)
+
+    @property
+    def quirks(self) -> frozenset[Quirk]:
+        return self.flavour.quirks if self.flavour is not None else frozenset()
 
 
 class Peer(Protocol):
@@ -113,6 +150,10 @@ class Backend(Protocol):
     abi: Abi
     path: str
     kernel: bool
+    spec: BackendSpec
+
+    @property
+    def quirks(self) -> frozenset[Quirk]: ...
 
     def open_raw(self, *, readonly: bool = False, nonblock: bool = True) -> RawFile: ...
 
@@ -166,11 +207,16 @@ class SimPeer:
 class SimBackend:
     kernel = False
 
-    def __init__(self, abi: Abi) -> None:
-        self.abi = abi
-        self.name = f"sim-{abi.value}"
+    def __init__(self, spec: BackendSpec) -> None:
+        self.spec = spec
+        self.abi = spec.abi
+        self.name = spec.name
         self.path = SIM_PATH
-        self.sim = SimulatedDevice(abi)
+        self.sim = SimulatedDevice(spec.abi, flavour=spec.flavour or Flavour.SYSGENID_ASYNC)
+
+    @property
+    def quirks(self) -> frozenset[Quirk]:
+        return self.spec.quirks
 
     def open_raw(self, *, readonly: bool = False, nonblock: bool = True) -> RawFile:
         return self.sim.open_file(readonly=readonly, nonblock=nonblock)
@@ -282,11 +328,30 @@ def _setpriv(capabilities: frozenset[str]) -> list[str]:
 class KernelBackend:
     kernel = True
 
-    def __init__(self, abi: Abi, module_name: str = "sysgenid") -> None:
-        self.abi = abi
-        self.name = f"kernel-{abi.value}"
+    def __init__(self, spec: BackendSpec, module_name: str = "sysgenid") -> None:
+        self.spec = spec
+        self.abi = spec.abi
+        self.name = spec.name
         self.path = KERNEL_PATH
         self.module_name = module_name
+
+    @property
+    def quirks(self) -> frozenset[Quirk]:
+        return self.spec.quirks
+
+    @contextlib.contextmanager
+    def open_to_all(self) -> Iterator[None]:
+        """Make the node readable and writable by everyone, as a udev rule would, for a while.
+
+        For tests that open the device as an unprivileged user: a driver's 0600 node would
+        refuse them at open, before the behaviour under test.
+        """
+        mode = os.stat(self.path).st_mode & 0o7777
+        os.chmod(self.path, 0o666)
+        try:
+            yield
+        finally:
+            os.chmod(self.path, mode)
 
     def open_raw(self, *, readonly: bool = False, nonblock: bool = True) -> RawFile:
         return KernelFile.open(self.path, readonly=readonly, nonblock=nonblock)
@@ -327,29 +392,39 @@ class KernelBackend:
             rc = libc.ioctl(fd, ctypes.c_ulong({self.abi.trigger_request}), ctypes.c_ulong({min_generation}))
             print(0 if rc == 0 else ctypes.get_errno())
         """)
-        done = subprocess.run(
-            [*_setpriv(capabilities), sys.executable, "-I", "-c", script],
-            capture_output=True, text=True, check=False, timeout=60,
-        )
+        with self.open_to_all():
+            done = subprocess.run(
+                [*_setpriv(capabilities), sys.executable, "-I", "-c", script],
+                capture_output=True, text=True, check=False, timeout=60,
+            )
         if done.returncode != 0:
             raise RuntimeError(f"unprivileged helper failed: {done.stderr}")
         return int(done.stdout)
 
     def run_unprivileged(self, args: list[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*_setpriv(frozenset()), sys.executable, "-m", "sysgenid_async", "--device", self.path, *args],
-            capture_output=True, text=True, check=False, timeout=120,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
-        )
+        with self.open_to_all():
+            return subprocess.run(
+                [*_setpriv(frozenset()), sys.executable, "-m", "sysgenid_async", "--device", self.path, *args],
+                capture_output=True, text=True, check=False, timeout=120,
+                env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+            )
 
 
-def load_module(module: str, abi: Abi, *, abi_param: bool) -> str:
-    """insmod the module for ``abi``, unloading any loaded copy; returns its name."""
+def is_our_module(module: str) -> bool:
+    """Whether the .ko is the project's module (it has the flavour= parameter)."""
+    params = subprocess.run(["modinfo", "-F", "parm", module], capture_output=True, text=True, check=True).stdout
+    return any(line.startswith("flavour:") for line in params.splitlines())
+
+
+def load_module(module: str, spec: BackendSpec, *, abi_param: bool) -> str:
+    """insmod the module as ``spec`` says, unloading any loaded copy; returns its name."""
     name = subprocess.run(["modinfo", "-F", "name", module], capture_output=True, text=True, check=True).stdout.strip()
     name = name or Path(module).stem
     if Path(f"/sys/module/{name}").exists():
         subprocess.run(["rmmod", name], check=True)
-    params = [f"abi={abi.value[1:]}"] if abi_param else []
+    params = [f"abi={spec.abi.value[1:]}"] if abi_param else []
+    if not spec.foreign and spec.flavour not in (None, Flavour.SYSGENID_ASYNC):
+        params.append(f"flavour={spec.flavour.value}")
     subprocess.run(["insmod", module, *params], check=True)
     if not Path(KERNEL_PATH).exists():
         raise RuntimeError(f"insmod {module} created no {KERNEL_PATH}")
@@ -365,5 +440,6 @@ def errno_name(code: int) -> str:
 
 
 __all__ = [
-    "TRIGGER_CAPABILITIES", "Backend", "KernelBackend", "Peer", "SimBackend", "load_module", "unload_module",
+    "TRIGGER_CAPABILITIES", "Backend", "BackendSpec", "KernelBackend", "Peer", "SimBackend", "is_our_module",
+    "load_module", "unload_module",
 ]

@@ -1,8 +1,14 @@
 """Backends and event loops for the suite.
 
-On the host the device tests run against the simulator (v4 and v8). Inside the QEMU
-guest (``nox -s kernel``) the same tests run against the kernel module, loaded once
-per ABI: ``--device-backends=kernel --kernel-module=PATH --kernel-abis=v4,v8``.
+On the host the device tests run against the simulator (v4, v8, and the flavours that
+behave as the shipped drivers). Inside the QEMU guest (``nox -s kernel``) the same tests
+run against the kernel module, loaded once per ABI and flavour:
+``--device-backends=kernel --kernel-module=PATH --kernel-abis=v4,v8 --kernel-flavours=amazon-linux``.
+
+What is ABI and what is the project's own choice: a test of a stricter choice of our
+module (``stricter_choice``) is skipped on a foreign module; a test that a named driver's
+quirk breaks (``breaks_on``) is an expected failure there, strict; a test of a quirk itself
+(``with_quirk``) runs only where the driver has it.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from backends import Backend, KernelBackend, SimBackend, load_module, unload_module
-from sysgenid_async.uapi import Abi
+from backends import Backend, BackendSpec, KernelBackend, SimBackend, is_our_module, load_module, unload_module
+from sysgenid_async.testing import Flavour, Quirk
 
 pytest_plugins = ["pytester"]
 
@@ -25,16 +31,68 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run the device tests on the simulator (default) or the kernel module")
     group.addoption("--kernel-module", help="the .ko to load for the kernel backends (inside the guest)")
     group.addoption("--kernel-abis", default="v4,v8", help="the ABIs the module is tested in")
+    group.addoption("--kernel-flavours", default="",
+                    help="also test our module in these flavours (comma-separated: amazon-linux, v4-patch)")
+    group.addoption("--kernel-driver", choices=["amazon-linux", "v4-patch", "unknown"],
+                    help="a module that is not ours: which shipped driver it is (default: unknown)")
+    group.addoption("--sim-flavours", default="amazon-linux,v4-patch",
+                    help="simulator flavours tested besides sim-v4 and sim-v8 (comma-separated; '' for none)")
     group.addoption("--kernel-no-abi-param", action="store_true",
                     help="the module takes no abi= parameter: load it as it is")
 
 
+def _listed(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _foreign_driver(config: pytest.Config) -> str | None:
+    """For a kernel module that is not ours, the driver it is said to be; None for ours."""
+    cached: str | None = getattr(config, "_sysgenid_foreign_driver", "")
+    if cached != "":
+        return cached
+    module = config.getoption("--kernel-module")
+    named = config.getoption("--kernel-driver")
+    driver = None if module is None or (named is None and is_our_module(module)) else (named or "unknown")
+    config._sysgenid_foreign_driver = driver  # type: ignore[attr-defined]
+    return driver
+
+
+def backend_spec(config: pytest.Config, name: str) -> BackendSpec:
+    foreign = _foreign_driver(config) if name.startswith("kernel-") else None
+    return BackendSpec.parse(name, foreign_driver=foreign)
+
+
 def _backend_names(config: pytest.Config) -> list[str]:
     if config.getoption("--device-backends") == "kernel":
-        if not config.getoption("--kernel-module"):
+        module = config.getoption("--kernel-module")
+        if not module:
             raise pytest.UsageError("--device-backends=kernel needs --kernel-module")
-        return [f"kernel-{abi.strip()}" for abi in config.getoption("--kernel-abis").split(",")]
-    return ["sim-v4", "sim-v8"]
+        names = [f"kernel-{abi}" for abi in _listed(config.getoption("--kernel-abis"))]
+        flavours = _listed(config.getoption("--kernel-flavours"))
+        if flavours and _foreign_driver(config) is not None:
+            raise pytest.UsageError("--kernel-flavours: the module is not ours (it has no flavour= parameter)")
+        return names + [f"kernel-{Flavour(flavour).value}" for flavour in flavours]
+    return ["sim-v4", "sim-v8"] + [f"sim-{Flavour(flavour).value}" for flavour in _listed(
+        config.getoption("--sim-flavours"))]
+
+
+def _mark_for_driver(item: pytest.Item, spec: BackendSpec) -> bool:
+    """Skip, expect to fail, or (False) deselect ``item`` as the driver behind ``spec`` asks."""
+    only_abi = item.get_closest_marker("only_abi")
+    if only_abi and spec.abi.value != only_abi.args[0]:
+        return False
+    needed = item.get_closest_marker("with_quirk")
+    if needed and not set(needed.args) <= spec.quirks:
+        return False
+    stricter = item.get_closest_marker("stricter_choice")
+    if stricter and spec.foreign:
+        item.add_marker(pytest.mark.skip(reason=f"a choice of our module, not ABI: {stricter.args[0]}"))
+    for mark in item.iter_markers("breaks_on"):
+        quirk: Quirk = mark.args[0]
+        if quirk in spec.quirks:
+            driver = spec.flavour.value if spec.flavour else "this driver"
+            item.add_marker(pytest.mark.xfail(strict=True, reason=f"{driver}: {quirk.description}"))
+    return True
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -55,10 +113,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             deselected.append(item)
         if item.get_closest_marker("needs_abi_param") and config.getoption("--kernel-no-abi-param"):
             deselected.append(item)
-        only_abi = item.get_closest_marker("only_abi")
         callspec = getattr(item, "callspec", None)
-        if only_abi and callspec and not callspec.params["backend_name"].endswith(only_abi.args[0]):
-            deselected.append(item)
+        if callspec and "backend_name" in callspec.params:
+            if not _mark_for_driver(item, backend_spec(config, callspec.params["backend_name"])):
+                deselected.append(item)
+        elif item.get_closest_marker("only_abi") or item.get_closest_marker("with_quirk"):
+            raise pytest.UsageError(f"{item.nodeid}: only_abi and with_quirk need the backend fixture")
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if item not in deselected]
@@ -67,10 +127,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def loaded_backend(backend_name: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """Session-wide set-up of one backend: for the kernel, the module loaded in that ABI."""
-    kind, abi = backend_name.split("-")
-    if kind == "kernel":
+    spec = backend_spec(request.config, backend_name)
+    if spec.kind == "kernel":
         module = request.config.getoption("--kernel-module")
-        name = load_module(module, Abi(abi), abi_param=not request.config.getoption("--kernel-no-abi-param"))
+        name = load_module(module, spec, abi_param=not request.config.getoption("--kernel-no-abi-param"))
         yield name
         unload_module(name)
     else:
@@ -78,16 +138,15 @@ def loaded_backend(backend_name: str, request: pytest.FixtureRequest) -> Iterato
 
 
 @pytest.fixture
-def backend(backend_name: str, loaded_backend: str) -> Iterator[Backend]:
+def backend(backend_name: str, loaded_backend: str, request: pytest.FixtureRequest) -> Iterator[Backend]:
     """The device for one test; afterwards, no file of it may be left open."""
-    kind, abi_name = backend_name.split("-")
-    abi = Abi(abi_name)
-    if kind == "kernel":
-        kernel = KernelBackend(abi, loaded_backend)
+    spec = backend_spec(request.config, backend_name)
+    if spec.kind == "kernel":
+        kernel = KernelBackend(spec, loaded_backend)
         yield kernel
         assert kernel.open_files() == 0, "the test left device files open"
     else:
-        sim = SimBackend(abi)
+        sim = SimBackend(spec)
         with sim.sim.installed(sim.path, set_env=False):
             yield sim
         assert sim.open_files() == 0, "the test left device files open"

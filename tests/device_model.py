@@ -8,6 +8,12 @@ or the errno the device must give.
 Open files and handles are distinct, as in the kernel: ``share()`` gives a second handle
 on the same open file (what ``dup`` or ``fork`` gives), and the file lives until its last
 handle closes.
+
+``quirks`` are the observed departures of a shipped driver (docs/drivers.md). The model
+keeps the set of files the driver *counts* as outdated: on a conforming driver that is
+exactly the tracked files that have not acknowledged, but a driver with
+``RECOUNT_ALL_TRACKED`` counts files that are up to date, and no acknowledgement or close
+of theirs takes them off the count.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
+from sysgenid_async.testing import Quirk
 from sysgenid_async.uapi import Abi
 
 U32 = 2**32
+INT_MAX = 2**31 - 1
 
 
 @dataclass
@@ -29,10 +37,12 @@ class OpenFile:
 
 
 class DeviceModel:
-    def __init__(self, abi: Abi, generation: int) -> None:
+    def __init__(self, abi: Abi, generation: int, quirks: frozenset[Quirk] = frozenset()) -> None:
         self.abi = abi
         self.generation = generation
+        self.quirks = quirks
         self.files: dict[int, OpenFile] = {}  # by file id
+        self.counted: set[int] = set()  # the file ids the driver counts as outdated
         self.handles: dict[int, int] = {}  # handle id -> file id
         self._next = 0
 
@@ -65,6 +75,8 @@ class DeviceModel:
         file.handles.discard(handle)
         if not file.handles:
             del self.files[file_id]
+            if file.acked != self.generation:
+                self.counted.discard(file_id)
 
     def outdated(self, handle: int) -> bool:
         return self._file(handle).acked != self.generation
@@ -88,20 +100,42 @@ class DeviceModel:
             return errno.EINVAL if self.abi is Abi.V4 else errno.ENOBUFS
         if value != self.generation:
             return errno.EINVAL
+        if file.acked != value:
+            self.counted.discard(self.handles[handle])
         file.acked = value
         return 0
 
     def trigger(self, minimum: int) -> None:
-        """max(minimum, current + 1), in u32: past 2**32 - 1 the next is 0."""
-        self.generation = max(minimum % U32, (self.generation + 1) % U32)
+        """max(minimum, current + 1), in u32: past 2**32 - 1 the next is 0.
+
+        With SIGNED_COUNTER, in a signed int: a minimum of 2**31 or more is negative, so
+        ignored, and after INT_MAX comes 0.
+        """
+        if Quirk.SIGNED_COUNTER in self.quirks:
+            signed = minimum - U32 if minimum > INT_MAX else minimum
+            self.generation = max(signed, 0 if self.generation >= INT_MAX else self.generation + 1)
+        else:
+            self.generation = max(minimum % U32, (self.generation + 1) % U32)
+        every_tracked = Quirk.RECOUNT_ALL_TRACKED in self.quirks
+        self.counted = {
+            file_id for file_id, file in self.files.items()
+            if file.tracked and (file.acked != self.generation or every_tracked)
+        }
 
     def outdated_watchers(self) -> int:
-        return sum(1 for file in self.files.values() if file.tracked and file.acked != self.generation)
+        return len(self.counted)
 
     def set_tracking(self, handle: int, value: int) -> int:
-        if value > 1:
+        if value > 1 and Quirk.TRACKING_ANY_NONZERO not in self.quirks:
             return errno.EINVAL
-        self._file(handle).tracked = bool(value)
+        file_id = self.handles[handle]
+        file = self.files[file_id]
+        if file.tracked != bool(value) and file.acked != self.generation:
+            if value:
+                self.counted.add(file_id)
+            else:
+                self.counted.discard(file_id)
+        file.tracked = bool(value)
         return 0
 
     def wait_watchers(self, handle: int) -> int:

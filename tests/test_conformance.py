@@ -6,21 +6,29 @@ module in the guest; the simulator is faithful because both pass.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
 import select
+import signal
+import stat
+import subprocess
 import sys
+import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from backends import Backend
+from backends import KERNEL_PATH, NOBODY, Backend, KernelBackend
 from sysgenid_async import uapi
 from sysgenid_async.rawfile import RawFile
-from sysgenid_async.testing import TRIGGER_CAPABILITIES
+from sysgenid_async.testing import TRIGGER_CAPABILITIES, Quirk
 from sysgenid_async.uapi import Abi
 
 U32_MAX = 2**32 - 1
+INT_MAX = 2**31 - 1
 
 
 def expect_errno(code: int, action: Callable[[], object]) -> None:
@@ -201,14 +209,38 @@ def test_mapping_errors(opened: Callable[..., RawFile]) -> None:
     expect_errno(errno.EPERM, lambda: raw.map_page(writable=True))
     expect_errno(errno.EINVAL, lambda: raw.map_page(2 * uapi.PAGE_SIZE))
     expect_errno(errno.EINVAL, lambda: raw.map_page(offset=uapi.PAGE_SIZE))
-    expect_errno(errno.EINVAL, lambda: raw.map_page(shared=False))
+
+
+@pytest.mark.stricter_choice("a MAP_PRIVATE mapping is refused with EINVAL")
+def test_a_private_mapping(backend: Backend, opened: Callable[..., RawFile]) -> None:
+    raw = opened()
+    if Quirk.PRIVATE_MAPPING not in backend.quirks:
+        expect_errno(errno.EINVAL, lambda: raw.map_page(shared=False))
+        return
+    expect_errno(errno.EPERM, lambda: raw.map_page(writable=True, shared=False))
+    page = raw.map_page(shared=False)
+    words = page.cast("I")
+    try:
+        assert page.readonly
+        new = backend.bump()
+        assert words[0] == new, "the private mapping is of the live page"
+    finally:
+        words.release()
+        page.release()
 
 
 # -- trigger ------------------------------------------------------------------------------
 
 
+def start_low(backend: Backend) -> None:
+    """Bring the counter to 0, whatever earlier tests left (the module keeps it between tests)."""
+    backend.bump(top_of(backend))
+    assert backend.bump(0) == 0
+
+
 def test_trigger_sets_max_of_minimum_and_next(backend: Backend, opened: Callable[..., RawFile]) -> None:
     raw = opened()
+    start_low(backend)
     start = backend.bump(1000)
     assert start >= 1000
     raw.ioctl(backend.abi.trigger_request, 0)
@@ -219,6 +251,7 @@ def test_trigger_sets_max_of_minimum_and_next(backend: Backend, opened: Callable
     assert backend.generation == start + 51
 
 
+@pytest.mark.breaks_on(Quirk.SIGNED_COUNTER)
 def test_the_generation_wraps_at_u32(backend: Backend, opened: Callable[..., RawFile]) -> None:
     raw = opened()
     raw.ioctl(backend.abi.trigger_request, U32_MAX)
@@ -231,15 +264,105 @@ def test_the_generation_wraps_at_u32(backend: Backend, opened: Callable[..., Raw
     ack(raw, 0)
 
 
+def top_of(backend: Backend) -> int:
+    """The counter's greatest value: u32, or a signed int's on a driver with a signed counter."""
+    return INT_MAX if Quirk.SIGNED_COUNTER in backend.quirks else U32_MAX
+
+
+@pytest.mark.breaks_on(Quirk.RECOUNT_ALL_TRACKED)
 def test_forcing_the_current_maximum_changes_nothing(backend: Backend, opened: Callable[..., RawFile]) -> None:
-    # max(0xffffffff, 0xffffffff + 1 == 0) is the current value: no change, nobody outdated
-    raw = opened()
-    raw.ioctl(backend.abi.trigger_request, U32_MAX)
-    ack(raw, U32_MAX)
-    raw.ioctl(backend.abi.trigger_request, U32_MAX)
-    assert backend.generation == U32_MAX
+    # max(top, top + 1 == 0) is the current value: no change, nobody outdated
+    top = top_of(backend)
+    raw = open_watcher(opened, backend)
+    caller = opened()
+    raw.ioctl(backend.abi.trigger_request, top)
+    ack(raw, top)
+    ack(caller, top)
+    raw.ioctl(backend.abi.trigger_request, top)
+    assert backend.generation == top
     assert not readable(raw)
+    assert wait_watchers(caller, backend.abi, 10) == 0, "nobody is outdated"
     backend.bump()
+
+
+@pytest.mark.with_quirk(Quirk.SIGNED_COUNTER)
+def test_a_signed_counter(backend: Backend, opened: Callable[..., RawFile]) -> None:
+    start_low(backend)
+    raw = opened()
+    raw.ioctl(backend.abi.trigger_request, 2**31 + 5)
+    assert backend.generation == 1, "a minimum of 2**31 or more is ignored"
+    raw.ioctl(backend.abi.trigger_request, U32_MAX)
+    assert backend.generation == 2, "2**32 - 1 is -1: ignored too"
+    raw.ioctl(backend.abi.trigger_request, 6)
+    ack(raw, 6)
+    raw.ioctl(backend.abi.trigger_request, INT_MAX)
+    assert backend.generation == INT_MAX
+    ack(raw, INT_MAX)
+    raw.ioctl(backend.abi.trigger_request, 0)
+    assert backend.generation == 0, "after 2147483647 comes 0"
+    raw.ioctl(backend.abi.trigger_request, INT_MAX)
+    ack(raw, INT_MAX)
+    raw.ioctl(backend.abi.trigger_request, 6)
+    assert backend.generation == 6, "back to a value this file acknowledged before"
+    assert readable(raw), "it is still a change for a file that acknowledged 2147483647"
+    assert read_gen(raw) == 6
+    ack(raw, 6)
+
+
+@pytest.mark.with_quirk(Quirk.RECOUNT_ALL_TRACKED)
+def test_a_trigger_that_changes_nothing_outdates_every_tracked_watcher(
+    backend: Backend, opened: Callable[..., RawFile]
+) -> None:
+    start_low(backend)
+    watcher = open_watcher(opened, backend)
+    caller = opened()
+    caller.ioctl(backend.abi.trigger_request, INT_MAX)
+    ack(watcher, INT_MAX)
+    ack(caller, INT_MAX)
+    assert wait_watchers(caller, backend.abi, 10) == 0
+    caller.ioctl(backend.abi.trigger_request, INT_MAX)
+    assert backend.generation == INT_MAX and not readable(watcher), "nothing changed"
+    assert wait_watchers(caller, backend.abi, 10) == timeout_errno(backend.abi), "yet the watcher counts"
+    ack(watcher, INT_MAX)
+    assert wait_watchers(caller, backend.abi, 10) == timeout_errno(backend.abi), "its ack does not uncount it"
+    watcher.close()
+    assert wait_watchers(caller, backend.abi, 10) == timeout_errno(backend.abi), "nor does its close"
+    caller.ioctl(backend.abi.trigger_request, 0)
+    ack(caller, 0)
+    assert wait_watchers(caller, backend.abi, 10) == 0, "the next real change counts afresh"
+
+
+@pytest.mark.kernel_only
+@pytest.mark.breaks_on(Quirk.CALLER_USERNS_CAPABILITY)
+def test_a_trigger_from_a_user_namespace_is_refused(backend: Backend) -> None:
+    # Inside its own user namespace an unprivileged user holds every capability, but
+    # only there: the machine-wide generation is not the namespace's to change.
+    assert isinstance(backend, KernelBackend)
+    script = textwrap.dedent(f"""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open({backend.path!r}, os.O_RDWR)
+        if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+            raise SystemExit("unshare: " + os.strerror(ctypes.get_errno()))
+        rc = libc.ioctl(fd, ctypes.c_ulong({backend.abi.trigger_request}), ctypes.c_ulong(0))
+        print(0 if rc == 0 else ctypes.get_errno())
+    """)
+    before = backend.generation
+    with backend.open_to_all():
+        done = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-I", "-c",
+             script], capture_output=True, text=True, check=False, timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == errno.EACCES
+    assert backend.generation == before
+
+
+@pytest.mark.kernel_only
+@pytest.mark.stricter_choice("the node is 0666: any user may open it (the trigger needs a capability)")
+def test_the_node_mode(backend: Backend) -> None:
+    mode = stat.S_IMODE(os.stat(KERNEL_PATH).st_mode)
+    assert mode == (0o600 if Quirk.ROOT_ONLY_NODE in backend.quirks else 0o666)
 
 
 def test_trigger_needs_a_capability(backend: Backend) -> None:
@@ -296,7 +419,19 @@ def test_v8_only_tracked_files_count(backend: Backend, opened: Callable[..., Raw
     untracked.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 1)
     ack(untracked, read_gen(untracked) or 0)
     assert wait_watchers(caller, backend.abi, 10) == 0
-    expect_errno(errno.EINVAL, lambda: untracked.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 2))
+
+
+@pytest.mark.only_abi("v8")
+@pytest.mark.stricter_choice("SET_WATCHER_TRACKING takes 0 or 1; 2 gives EINVAL")
+def test_tracking_takes_zero_or_one(backend: Backend, opened: Callable[..., RawFile]) -> None:
+    file, caller = opened(), opened()
+    ack(caller, backend.bump())
+    if Quirk.TRACKING_ANY_NONZERO not in backend.quirks:
+        expect_errno(errno.EINVAL, lambda: file.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 2))
+        assert wait_watchers(caller, backend.abi, 10) == 0, "a refused call changes nothing"
+        return
+    file.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 2)
+    assert wait_watchers(caller, backend.abi, 10) == errno.ETIME, "2 turned tracking on"
 
 
 # -- WAIT_WATCHERS ------------------------------------------------------------------------
@@ -363,3 +498,36 @@ def test_closing_an_outdated_watcher_releases_the_waiter(backend: Backend, opene
     finally:
         peer.close()
     assert wait_watchers(orchestrator, backend.abi, 0) == 0
+
+
+@pytest.mark.kernel_only
+@pytest.mark.stricter_choice("a signal ends WAIT_WATCHERS with EINTR, never restarts it")
+def test_a_signal_during_wait_watchers(backend: Backend, opened: Callable[..., RawFile]) -> None:
+    other = open_watcher(opened, backend)
+    caller = opened()
+    new = backend.bump()
+    ack(caller, new)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+    restarts = Quirk.RESTART_ON_SIGNAL in backend.quirks
+    timeout_ms = 400 if restarts else 60_000
+    # SA_RESTART, as a C service would install its handlers: a driver that returns
+    # ERESTARTSYS has the wait restarted, with its whole timeout, instead of ended.
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.siginterrupt(signal.SIGALRM, False)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        started = time.monotonic()
+        rc = libc.ioctl(caller.fileno(), backend.abi.wait_watchers_request, timeout_ms)
+        elapsed = time.monotonic() - started
+        code = ctypes.get_errno() if rc == -1 else 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    if restarts:
+        assert code == timeout_errno(backend.abi)
+        assert elapsed >= 0.1 + 0.4 - 0.02, "restarted after the signal with the whole timeout"
+    else:
+        assert code == errno.EINTR, "the signal ends the wait"
+        assert elapsed < 60, "long before the timeout"
+    ack(other, new)

@@ -223,7 +223,7 @@ def test_a_device_that_appears_later_is_opened_by_the_next_attempt(
             with pytest.raises(DeviceNotFoundError):
                 AsyncSysGenID.open(backend.path)
         finally:
-            load_module(request.config.getoption("--kernel-module"), backend.abi,
+            load_module(request.config.getoption("--kernel-module"), backend.spec,
                         abi_param=not request.config.getoption("--kernel-no-abi-param"))
         path = backend.path
     else:

@@ -44,6 +44,9 @@ def test_kernel_trouble_is_detected(harness: ModuleType, line: str) -> None:
         "[   14.9] sysgenid: module verification failed: signature and/or required key missing - tainting kernel",
         "[   14.9] sysgenid: /dev/sysgenid ready, abi v4",
         "[   20.1] sysgenid: abi=5 is not 4 or 8",
+        # TCG's boot: "oops" inside a word, in lower case, is no oops
+        "[    0.1] calibrate_delay_direct() failed to get a good estimate for loops_per_jiffy.",
+        "[    0.2] Probing for loops: warning: nothing wrong",
     ],
 )
 def test_normal_lines_are_not_trouble(harness: ModuleType, line: str) -> None:
@@ -57,7 +60,7 @@ def test_a_bad_module_argument_is_refused(harness: ModuleType, tmp_path: Path) -
 
 def test_the_guest_job_runs_pytest_on_the_kernel_backends(harness: ModuleType, tmp_path: Path) -> None:
     args = harness.argparse.Namespace(python="/usr/bin/python3", abi="v8", no_abi_param=True, pytest_args=["-k", "x"],
-                                      script=None)
+                                      script=None, flavours="", driver=None)
     job = harness.guest_job(args, Path("/m/driver.ko"), tmp_path)
     assert "--device-backends=kernel" in job and "--kernel-module=/m/driver.ko" in job
     assert "--kernel-abis=v8" in job and "--kernel-no-abi-param" in job and "-k x" in job
@@ -66,7 +69,8 @@ def test_the_guest_job_runs_pytest_on_the_kernel_backends(harness: ModuleType, t
 
 def test_the_guest_job_can_run_a_script_instead(harness: ModuleType, tmp_path: Path) -> None:
     args = harness.argparse.Namespace(python="/usr/bin/python3", abi="v8", no_abi_param=False,
-                                      pytest_args=["--backend", "kernel-v8"], script=Path("benchmarks/run.py"))
+                                      pytest_args=["--backend", "kernel-v8"], script=Path("benchmarks/run.py"),
+                                      flavours="", driver=None)
     job = harness.guest_job(args, Path("/m/driver.ko"), tmp_path)
     assert f"benchmarks/run.py --kernel-module=/m/driver.ko --out={tmp_path} --backend kernel-v8" in job
     assert "-m pytest" not in job
@@ -84,3 +88,59 @@ def test_a_missing_script_is_refused_before_anything_runs(harness: ModuleType, t
     with pytest.raises(SystemExit) as exit_info:
         harness.main(["--no-install", "--script", str(tmp_path / "missing.py")])
     assert exit_info.value.code == 2
+
+
+class Booted(Exception):
+    """Raised by a stand-in for boot(): the run got as far as starting QEMU."""
+
+
+@pytest.fixture
+def fresh_clone(harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The harness as in a fresh clone: no build/guest yet; no QEMU started, no root needed."""
+    monkeypatch.setattr(harness, "WORK", tmp_path / "clone" / "build" / "guest")
+    monkeypatch.setattr(harness, "find_kernel", lambda: "6.1.0-0-cloud-amd64")
+    # as mkinitramfs.sh does, write the archive where it is told (its directory must exist)
+    monkeypatch.setattr(harness, "build_initramfs", lambda kver, initrd: initrd.write_bytes(b"initramfs"))
+
+    def boot(*args: object) -> None:
+        raise Booted
+
+    monkeypatch.setattr(harness, "boot", boot)
+    module = tmp_path / "driver.ko"
+    module.write_bytes(b"")
+    return module
+
+
+def test_out_works_in_a_fresh_clone(harness: ModuleType, fresh_clone: Path, tmp_path: Path) -> None:
+    with pytest.raises(Booted):
+        harness.main(["--no-install", "--module", str(fresh_clone), "--out", str(tmp_path / "reports")])
+    assert (harness.WORK / "initrd-6.1.0-0-cloud-amd64.cpio.gz").exists()
+    assert (tmp_path / "reports" / "job.sh").exists()
+
+
+def test_a_failed_run_does_not_block_the_next(harness: ModuleType, fresh_clone: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    for _ in range(2):  # the module is refused after the report directory was made
+        with pytest.raises(SystemExit, match=r"not a \.ko file"):
+            harness.main(["--no-install", "--module", str(tmp_path / "missing.ko"), "--out", str(out)])
+    with pytest.raises(Booted):
+        harness.main(["--no-install", "--module", str(fresh_clone), "--out", str(out)])
+
+
+def test_a_directory_of_the_users_is_left_alone(harness: ModuleType, fresh_clone: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="not touching it"):
+        harness.main(["--no-install", "--module", str(fresh_clone), "--out", str(out)])
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_the_guest_job_names_the_flavours_and_the_driver(harness: ModuleType, tmp_path: Path) -> None:
+    args = harness.argparse.Namespace(python="/usr/bin/python3", abi="v4,v8", no_abi_param=False, pytest_args=[],
+                                      script=None, flavours="amazon-linux,v4-patch", driver=None)
+    job = harness.guest_job(args, Path("/m/sysgenid.ko"), tmp_path)
+    assert "--kernel-flavours=amazon-linux,v4-patch" in job and "--kernel-driver" not in job
+    args.flavours, args.driver = "", "amazon-linux"
+    job = harness.guest_job(args, Path("/m/other.ko"), tmp_path)
+    assert "--kernel-driver=amazon-linux" in job and "--kernel-flavours" not in job

@@ -63,7 +63,7 @@ def test_reload_starts_again_at_generation_zero(backend: Backend, request: pytes
     backend.bump()
     assert backend.generation != 0
     abi_param = not request.config.getoption("--kernel-no-abi-param")
-    name = load_module(request.config.getoption("--kernel-module"), backend.abi, abi_param=abi_param)
+    name = load_module(request.config.getoption("--kernel-module"), backend.spec, abi_param=abi_param)
     assert name == backend.module_name
     assert backend.generation == 0
     with Device.open(backend.path) as device:
@@ -82,7 +82,43 @@ def test_an_invalid_abi_parameter_is_refused(backend: Backend, request: pytest.F
         assert refused.returncode != 0 and "Invalid parameters" in refused.stderr
         assert not Path(backend.path).exists()
     finally:
-        load_module(module, backend.abi, abi_param=True)
+        load_module(module, backend.spec, abi_param=True)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        (["flavour=debian"], "flavour=debian is not sysgenid-async, amazon-linux or v4-patch"),
+        (["flavour=amazon-linux", "abi=4"], "flavour=amazon-linux speaks abi 8, not 4"),
+        (["flavour=v4-patch", "abi=8"], "flavour=v4-patch speaks abi 4, not 8"),
+    ],
+)
+@pytest.mark.needs_abi_param
+def test_a_flavour_that_does_not_fit_is_refused(
+    backend: Backend, request: pytest.FixtureRequest, parameters: list[str], message: str
+) -> None:
+    assert isinstance(backend, KernelBackend)
+    module = request.config.getoption("--kernel-module")
+    assert rmmod(backend.module_name).returncode == 0
+    try:
+        refused = subprocess.run(["insmod", module, *parameters], capture_output=True, text=True, check=False)
+        assert refused.returncode != 0 and "Invalid parameters" in refused.stderr
+        assert not Path(backend.path).exists()
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
+        assert f"sysgenid: {message}" in log
+    finally:
+        load_module(module, backend.spec, abi_param=True)
+
+
+def test_the_flavour_and_abi_are_readable(backend: Backend) -> None:
+    assert isinstance(backend, KernelBackend)
+    if backend.spec.foreign:
+        pytest.skip("not this project's module: it has no flavour parameter")
+    parameters = Path(f"/sys/module/{backend.module_name}/parameters")
+    assert backend.spec.flavour is not None
+    assert (parameters / "flavour").read_text().strip() == backend.spec.flavour.value
+    if (parameters / "abi").exists():  # not in a build with one ABI
+        assert (parameters / "abi").read_text().strip() == backend.abi.value[1:]
 
 
 def test_the_in_kernel_bump_is_exported(backend: Backend) -> None:
@@ -123,4 +159,4 @@ def test_the_backend_can_be_turned_off(backend: Backend, request: pytest.Fixture
         assert (parameters / "backend").read_text().strip() == "disabled"
         assert (parameters / "vmfork").read_text().strip() == "N"
     finally:
-        load_module(module, backend.abi, abi_param=not request.config.getoption("--kernel-no-abi-param"))
+        load_module(module, backend.spec, abi_param=not request.config.getoption("--kernel-no-abi-param"))

@@ -80,7 +80,7 @@ class DeviceMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = DeviceModel(self.backend.abi, self.backend.generation)
+        self.model = DeviceModel(self.backend.abi, self.backend.generation, self.backend.quirks)
         self.open_handles: dict[int, RawFile | SharedSimFile] = {}
 
     # -- the backend side -------------------------------------------------------------------
@@ -145,7 +145,9 @@ class DeviceMachine(RuleBasedStateMachine):
         expected = self.model.write(handle, value, size)
         assert got == expected, f"write({size} bytes of {value}): device {got!r}, model {expected!r}"
 
-    @rule(minimum=st.one_of(st.just(0), st.integers(0, 50), st.integers(U32 - 4, U32 - 1)))
+    # near 0, around the signed limit (2**31 - 1), and at the top of the u32 range
+    @rule(minimum=st.one_of(st.just(0), st.integers(0, 50), st.integers(2**31 - 3, 2**31 + 1),
+                            st.integers(U32 - 4, U32 - 1)))
     def trigger(self, minimum: int) -> None:
         self.backend.bump(minimum)
         self.model.trigger(minimum)

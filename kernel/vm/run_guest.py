@@ -31,6 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent
+WORK = PROJECT / "build" / "guest"  # the initramfs, and the report directories unless --out says
 MODULE_SOURCE = HERE.parent
 APT_PACKAGES = [
     "qemu-system-x86",
@@ -43,12 +44,15 @@ APT_PACKAGES = [
     "iproute2",
 ]
 VIRTIOFSD_CANDIDATES = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
-# What the guest's kernel log must never show.
+# What the guest's kernel log must never show. Case-sensitive, whole words: the kernel
+# spells these one way, and TCG's boot line "... failed to get a good estimate for
+# loops_per_jiffy" must not pass for an oops.
 KERNEL_TROUBLE = re.compile(
-    r"(Oops|BUG:|WARNING:|general protection fault|Call Trace:|Kernel panic|"
-    r"UBSAN:|KASAN:|refcount_t:|list_(add|del) corruption)",
-    re.IGNORECASE,
+    r"(\bOops\b|\bBUG:|\bWARNING:|\bgeneral protection fault\b|\bCall Trace:|\bKernel panic\b|"
+    r"\bUBSAN:|\bKASAN:|\brefcount_t:|\blist_(add|del) corruption\b)"
 )
+# Written first into every report directory: the mark that a later run may replace it.
+REPORT_MARK = ".sysgenid-guest-report"
 
 
 def log(message: str) -> None:
@@ -144,6 +148,8 @@ def _pytest_command(args: argparse.Namespace, module: Path, out: Path) -> list[s
         "--device-backends=kernel",
         f"--kernel-module={module}",
         f"--kernel-abis={args.abi}",
+        *([f"--kernel-flavours={args.flavours}"] if args.flavours else []),
+        *([f"--kernel-driver={args.driver}"] if args.driver else []),
         f"--junitxml={out / 'junit.xml'}",
         "-o", "junit_suite_name=kernel-device",
         *(["--kernel-no-abi-param"] if args.no_abi_param else []),
@@ -251,12 +257,35 @@ def boot(args: argparse.Namespace, kver: str, initrd: Path, out: Path, run_dir: 
         guest.stop()
 
 
+def build_initramfs(kver: str, initrd: Path) -> None:
+    subprocess.run([str(HERE / "mkinitramfs.sh"), kver, str(initrd)], check=True)
+
+
+def prepare_report_directory(path: Path) -> Path:
+    """A fresh, empty report directory at ``path``; an earlier report there is replaced.
+
+    Anything else that is not empty is left alone: --out might name a directory of the user's.
+    """
+    out = path.resolve()
+    if out.exists():
+        if any(out.iterdir()) and not (out / REPORT_MARK).exists():
+            sys.exit(f"[guest] --out {out}: not empty and not an earlier report directory; not touching it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / REPORT_MARK).write_text("a report directory of kernel/vm/run_guest.py; replaced by the next run\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--module", help="a built .ko, or a source directory with a Kbuild file (default: kernel/)")
     parser.add_argument("--abi", default="v4,v8",
                         help="ABIs to test, comma-separated (default v4,v8); for a driver with one ABI, name it")
     parser.add_argument("--no-abi-param", action="store_true", help="the module has no abi= load parameter")
+    parser.add_argument("--flavours", default="",
+                        help="also test our module in these flavours, comma-separated (amazon-linux, v4-patch)")
+    parser.add_argument("--driver", choices=["amazon-linux", "v4-patch", "unknown"],
+                        help="--module is not ours: the shipped driver it is (its known quirks are expected)")
     parser.add_argument("--make-arg", action="append", default=[], metavar="VAR=VALUE",
                         help="passed to make when building from source, e.g. FIXED_ABI=8")
     parser.add_argument("--python", default=sys.executable, help="the interpreter to run pytest with in the guest")
@@ -278,19 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_install:
         ensure_packages()
     kver = find_kernel()
-    work = PROJECT / "build" / "guest"
-    out = (args.out or work / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").resolve()
-    if out.exists():
-        if any(out.iterdir()) and not (out / "job.sh").exists():
-            sys.exit(f"[guest] --out {out}: not empty and not an earlier report directory; not touching it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    WORK.mkdir(parents=True, exist_ok=True)  # the initramfs lives here, whatever --out says
+    out = prepare_report_directory(args.out or WORK / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     run_dir = out / "run"
     run_dir.mkdir()
     module = resolve_module(args.module, kver, out / "build", args.make_arg)
-    initrd = work / f"initrd-{kver}.cpio.gz"
+    initrd = WORK / f"initrd-{kver}.cpio.gz"
     if not initrd.exists():
-        subprocess.run([str(HERE / "mkinitramfs.sh"), kver, str(initrd)], check=True)
+        build_initramfs(kver, initrd)
     (out / "job.sh").write_text(guest_job(args, module, out))
     log(f"booting {kver} under QEMU (TCG); reports in {out}")
     qemu_status, elapsed = boot(args, kver, initrd, out, run_dir)

@@ -7,6 +7,9 @@
         ...
         sim.bump()                 # what a snapshot restore does
 
+``SimulatedDevice(flavour="amazon-linux")`` behaves like Amazon Linux's v8 driver, and
+``flavour="v4-patch"`` like the v4 patch (see :class:`Flavour` and docs/drivers.md).
+
 With pytest, the ``sysgenid_sim`` fixture does this for each test, inside
 :func:`isolated_state` (fresh hook registry, restore gate, probe and identity registries);
 the plugin is registered automatically when the package is installed. The simulator lives
@@ -15,6 +18,6 @@ in one process: a child process that opens it gets
 """
 
 from .isolation import isolated_state
-from .simulator import TRIGGER_CAPABILITIES, SimulatedDevice, SimulatedFile
+from .simulator import TRIGGER_CAPABILITIES, Flavour, Quirk, SimulatedDevice, SimulatedFile
 
-__all__ = ["TRIGGER_CAPABILITIES", "SimulatedDevice", "SimulatedFile", "isolated_state"]
+__all__ = ["TRIGGER_CAPABILITIES", "Flavour", "Quirk", "SimulatedDevice", "SimulatedFile", "isolated_state"]

@@ -5,7 +5,9 @@
         sysgenid_sim.bump()       # simulate a restore
         ...                       # assert that the code reacted
 
-Override the ``sysgenid_sim_abi`` fixture (or parametrize it) to test against v8.
+Override the ``sysgenid_sim_abi`` fixture (or parametrize it) to test against v8, and
+``sysgenid_sim_flavour`` to test against a shipped driver's behaviour
+(``"amazon-linux"``, ``"v4-patch"``; see docs/drivers.md).
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ from .simulator import SimulatedDevice
 
 
 @pytest.fixture
-def sysgenid_sim_abi() -> str:
-    """The ABI the ``sysgenid_sim`` fixture speaks: ``"v4"`` unless overridden."""
-    return "v4"
+def sysgenid_sim_abi() -> str | None:
+    """The ABI the ``sysgenid_sim`` fixture speaks: None (the flavour's, else ``"v4"``) unless overridden."""
+    return None
 
 
 @pytest.fixture
-def sysgenid_sim(sysgenid_sim_abi: str) -> Iterator[SimulatedDevice]:
+def sysgenid_sim_flavour() -> str:
+    """Whose driver ``sysgenid_sim`` behaves like: ``"sysgenid-async"`` (the project's module) unless overridden."""
+    return "sysgenid-async"
+
+
+@pytest.fixture
+def sysgenid_sim(sysgenid_sim_abi: str | None, sysgenid_sim_flavour: str) -> Iterator[SimulatedDevice]:
     """A :class:`SimulatedDevice` installed at /dev/sysgenid and $SYSGENID_DEVICE for one test,
     with the library's process-wide state fresh (:func:`~sysgenid_async.testing.isolated_state`)."""
-    device = SimulatedDevice(sysgenid_sim_abi)
+    device = SimulatedDevice(sysgenid_sim_abi, flavour=sysgenid_sim_flavour)
     with isolated_state(), device.installed():
         yield device

@@ -10,6 +10,7 @@ kernel module, which is what shows that it is faithful.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import mmap
 import os
@@ -23,10 +24,84 @@ from ..errors import SimulatorProcessError
 from ..rawfile import SIMULATOR_ENV_VAR, install_opener, remove_opener
 from ..uapi import Abi
 
-__all__ = ["TRIGGER_CAPABILITIES", "SimulatedDevice", "SimulatedFile"]
+__all__ = ["TRIGGER_CAPABILITIES", "Flavour", "Quirk", "SimulatedDevice", "SimulatedFile"]
 
 #: Either capability allows FORCE_GEN_UPDATE / TRIGGER_GEN_UPDATE.
 TRIGGER_CAPABILITIES = frozenset({"CAP_CHECKPOINT_RESTORE", "CAP_SYS_ADMIN"})
+
+
+class Quirk(str, enum.Enum):
+    """A behaviour of a shipped driver that departs from the project's kernel module.
+
+    docs/drivers.md says what each means for a client, and what the library does about it.
+    """
+
+    #: The counter is a signed int: a minimum of 2**31 or more is ignored, and the value
+    #: after 0x7FFFFFFF is 0 (so the counter can come back to a value it had before).
+    SIGNED_COUNTER = "signed-counter"
+    #: A trigger counts every tracked watcher as outdated, even one that acknowledged the
+    #: value the trigger left in place: after ``trigger(0x7FFFFFFF)`` at 0x7FFFFFFF, every
+    #: WAIT_WATCHERS times out until the next real change.
+    RECOUNT_ALL_TRACKED = "recount-all-tracked"
+    #: SET_WATCHER_TRACKING takes any non-zero argument as on (ours: EINVAL above 1).
+    TRACKING_ANY_NONZERO = "tracking-any-nonzero"
+    #: A signal during WAIT_WATCHERS gives ERESTARTSYS: a restarted wait starts its timeout again.
+    RESTART_ON_SIGNAL = "restart-on-signal"
+    #: A read-only MAP_PRIVATE mapping is accepted (ours: MAP_SHARED only).
+    PRIVATE_MAPPING = "private-mapping"
+    #: The trigger's capability is checked in the caller's user namespace.
+    CALLER_USERNS_CAPABILITY = "caller-userns-capability"
+    #: The node is 0600: only root opens it, unless a udev rule says otherwise.
+    ROOT_ONLY_NODE = "root-only-node"
+
+    @property
+    def description(self) -> str:
+        """One line: what the driver does."""
+        return _QUIRK_DESCRIPTIONS[self]
+
+
+class Flavour(str, enum.Enum):
+    """Whose driver the device behaves like (the kernel module's ``flavour=`` parameter)."""
+
+    #: The project's kernel module.
+    SYSGENID_ASYNC = "sysgenid-async"
+    #: Amazon Linux's v8 driver.
+    AMAZON_LINUX = "amazon-linux"
+    #: The v4 patch as posted to LKML (the spec).
+    V4_PATCH = "v4-patch"
+
+    @property
+    def abi(self) -> Abi | None:
+        """The ABI this driver speaks; None for the project's module, which speaks both."""
+        return _FLAVOUR_ABI.get(self)
+
+    @property
+    def quirks(self) -> frozenset[Quirk]:
+        return _FLAVOUR_QUIRKS[self]
+
+
+_SHIPPED = frozenset({
+    Quirk.SIGNED_COUNTER, Quirk.RESTART_ON_SIGNAL, Quirk.PRIVATE_MAPPING, Quirk.CALLER_USERNS_CAPABILITY,
+    Quirk.ROOT_ONLY_NODE,
+})
+_FLAVOUR_ABI = {Flavour.AMAZON_LINUX: Abi.V8, Flavour.V4_PATCH: Abi.V4}
+_FLAVOUR_QUIRKS = {
+    Flavour.SYSGENID_ASYNC: frozenset(),
+    Flavour.AMAZON_LINUX: _SHIPPED | {Quirk.RECOUNT_ALL_TRACKED, Quirk.TRACKING_ANY_NONZERO},
+    Flavour.V4_PATCH: _SHIPPED,
+}
+_INT_MAX = 2**31 - 1
+_QUIRK_DESCRIPTIONS = {
+    Quirk.SIGNED_COUNTER: "the counter is a signed int: a minimum of 2**31 or more is ignored, and after "
+                          "2147483647 comes 0",
+    Quirk.RECOUNT_ALL_TRACKED: "a trigger counts every tracked watcher as outdated, even one that acknowledged "
+                               "the value it left in place",
+    Quirk.TRACKING_ANY_NONZERO: "SET_WATCHER_TRACKING takes any non-zero argument as on",
+    Quirk.RESTART_ON_SIGNAL: "a signal restarts WAIT_WATCHERS (ERESTARTSYS) with its full timeout",
+    Quirk.PRIVATE_MAPPING: "a read-only MAP_PRIVATE mapping is accepted",
+    Quirk.CALLER_USERNS_CAPABILITY: "the trigger's capability is checked in the caller's user namespace",
+    Quirk.ROOT_ONLY_NODE: "the node is 0600: only root opens it without a udev rule",
+}
 
 
 def _oserror(code: int) -> OSError:
@@ -36,18 +111,25 @@ def _oserror(code: int) -> OSError:
 class SimulatedDevice:
     """The device itself: the generation, its page, and the open files.
 
-    ``capabilities`` are those of every caller; remove both trigger capabilities to
-    simulate an unprivileged process.
+    ``abi`` defaults to the flavour's, or v4. ``flavour`` reproduces a shipped driver's
+    behaviour (:class:`Flavour`); the user-namespace and node-mode quirks have no meaning
+    in one process and are not simulated. ``capabilities`` are those of every caller;
+    remove both trigger capabilities to simulate an unprivileged process.
     """
 
     def __init__(
         self,
-        abi: Abi | str = Abi.V4,
+        abi: Abi | str | None = None,
         *,
+        flavour: Flavour | str = Flavour.SYSGENID_ASYNC,
         generation: int = 0,
         capabilities: frozenset[str] | set[str] = TRIGGER_CAPABILITIES,
     ) -> None:
-        self.abi = Abi(abi)
+        self.flavour = Flavour(flavour)
+        self.abi = Abi(abi) if abi is not None else self.flavour.abi or Abi.V4
+        if self.flavour.abi not in (None, self.abi):
+            raise ValueError(f"the {self.flavour.value} flavour speaks {self.flavour.abi}, not {self.abi.value}")
+        self.quirks = self.flavour.quirks
         self.capabilities = frozenset(capabilities)
         self._cond = threading.Condition(threading.Lock())
         self._page = mmap.mmap(-1, uapi.PAGE_SIZE)
@@ -77,11 +159,12 @@ class SimulatedDevice:
         """Change the generation as a restore would: ``max(min, current + 1)`` in u32."""
         validate_generation(min_generation, "min_generation")
         with self._cond:
-            new = max(min_generation, (self._words[0] + 1) & uapi.GENERATION_MAX)
+            new = self._next_generation(min_generation)
             self._words[0] = new
+            recount_all = Quirk.RECOUNT_ALL_TRACKED in self.quirks
             self._outdated = 0
             for file in self._files:
-                if file.tracked and file.acked != new:
+                if file.tracked and (file.acked != new or recount_all):
                     self._outdated += 1
                 file._sync_readiness()
             self._cond.notify_all()
@@ -122,6 +205,13 @@ class SimulatedDevice:
                         os.environ[name] = value
 
     # -- the driver side, called by SimulatedFile with self._cond held ---------------
+
+    def _next_generation(self, min_generation: int) -> int:
+        current = self._words[0]
+        if Quirk.SIGNED_COUNTER not in self.quirks:
+            return max(min_generation, (current + 1) & uapi.GENERATION_MAX)
+        minimum = min_generation - 2**32 if min_generation > _INT_MAX else min_generation
+        return max(minimum, 0 if current >= _INT_MAX else current + 1)
 
     def _forget(self, file: SimulatedFile) -> None:
         self._files.remove(file)
@@ -226,7 +316,7 @@ class SimulatedFile:
 
     def _set_tracking(self, arg: int) -> int:
         dev = self._device
-        if arg > 1:
+        if arg > 1 and Quirk.TRACKING_ANY_NONZERO not in dev.quirks:
             raise _oserror(errno.EINVAL)
         with dev._cond:
             if self.tracked != bool(arg):
@@ -260,7 +350,7 @@ class SimulatedFile:
             raise _oserror(errno.EINVAL)
         if writable:
             raise _oserror(errno.EPERM)
-        if not shared:
+        if not shared and Quirk.PRIVATE_MAPPING not in self._device.quirks:
             raise _oserror(errno.EINVAL)
         return memoryview(self._device._page)[:length].toreadonly()
 
