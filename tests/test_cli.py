@@ -15,6 +15,7 @@ import pytest
 from backends import Backend
 from sysgenid_async import Device, __version__
 from sysgenid_async.cli import EXIT_CODES, cli
+from sysgenid_async.testing import Quirk
 
 
 @pytest.fixture
@@ -142,8 +143,22 @@ def test_selftest(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     results = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert all(r["status"] != "fail" for r in results.values())
     assert results["trigger, read, poll, caller-outdated wait, ack"]["status"] == "pass"
-    # our module says which backend drives it; the simulator says nothing
+    root_only = Quirk.ROOT_ONLY_NODE in backend.quirks and backend.kernel  # the simulator has no node
+    expected_warnings = {"who may open the node"} if root_only else set()
+    if Quirk.SIGNED_COUNTER in backend.quirks:
+        expected_warnings |= {"the counter is a u32 (after 2147483647 comes 2147483648)",
+                              "a minimum of 2**31 or more is honoured"}
+    if Quirk.TRACKING_ANY_NONZERO in backend.quirks:
+        expected_warnings.add("SET_WATCHER_TRACKING(2)")
+    if Quirk.CALLER_USERNS_CAPABILITY in backend.quirks and backend.kernel:
+        expected_warnings.add("a trigger from an unprivileged user namespace is refused")
+    assert {name for name, r in results.items() if r["status"] == "warn"} == expected_warnings
+    # our module says which backend drives it, and which flavour it is; the simulator says nothing
     assert results["VM generation backend"]["status"] == ("pass" if backend.kernel else "skip")
+    assert results["driver"]["status"] == ("pass" if backend.kernel and not backend.spec.foreign else "skip")
+    # the simulator lives in this process: the probe in a user namespace cannot open it
+    userns = results["a trigger from an unprivileged user namespace is refused"]["status"]
+    assert userns in (("pass", "warn") if backend.kernel else ("skip",))
     assert results["ABI detected by the v4 query"]["detail"] == backend.abi.value
     assert backend.generation != before
 
@@ -151,7 +166,12 @@ def test_selftest(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
 def test_selftest_fails_on_something_that_is_not_the_device(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("--device", "/dev/null", "selftest") == 6
     assert "FAIL" in capsys.readouterr().out
-    assert cli("--device", "/nonexistent/sysgenid", "selftest") == 6
+
+
+def test_selftest_on_a_missing_device_exits_as_documented(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("--device", "/nonexistent/sysgenid", "selftest") == 4
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("sysgenid-async: /nonexistent/sysgenid")
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ def test_a_missing_script_is_refused_before_anything_runs(harness: ModuleType, t
     assert exit_info.value.code == 2
 
 
-class Booted(Exception):
+class BootReachedError(Exception):
     """Raised by a stand-in for boot(): the run got as far as starting QEMU."""
 
 
@@ -103,7 +103,7 @@ def fresh_clone(harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(harness, "build_initramfs", lambda kver, initrd: initrd.write_bytes(b"initramfs"))
 
     def boot(*args: object) -> None:
-        raise Booted
+        raise BootReachedError
 
     monkeypatch.setattr(harness, "boot", boot)
     module = tmp_path / "driver.ko"
@@ -112,7 +112,7 @@ def fresh_clone(harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_out_works_in_a_fresh_clone(harness: ModuleType, fresh_clone: Path, tmp_path: Path) -> None:
-    with pytest.raises(Booted):
+    with pytest.raises(BootReachedError):
         harness.main(["--no-install", "--module", str(fresh_clone), "--out", str(tmp_path / "reports")])
     assert (harness.WORK / "initrd-6.1.0-0-cloud-amd64.cpio.gz").exists()
     assert (tmp_path / "reports" / "job.sh").exists()
@@ -123,7 +123,7 @@ def test_a_failed_run_does_not_block_the_next(harness: ModuleType, fresh_clone: 
     for _ in range(2):  # the module is refused after the report directory was made
         with pytest.raises(SystemExit, match=r"not a \.ko file"):
             harness.main(["--no-install", "--module", str(tmp_path / "missing.ko"), "--out", str(out)])
-    with pytest.raises(Booted):
+    with pytest.raises(BootReachedError):
         harness.main(["--no-install", "--module", str(fresh_clone), "--out", str(out)])
 
 

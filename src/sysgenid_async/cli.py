@@ -28,6 +28,7 @@ from .async_device import AsyncSysGenID
 from .blocking import BlockingSysGenID
 from .device import Device, WaitResult
 from .errors import DeviceNotFoundError, DevicePermissionError, SysGenIDError
+from .orchestrator import likely_cause_of_timeout
 from .selftest import format_table, run_selftest
 from .uapi import Abi
 
@@ -260,19 +261,18 @@ def _trigger(options: argparse.Namespace) -> int:
 
 def _wait_watchers(options: argparse.Namespace) -> int:
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
-    with BlockingSysGenID.open(options.device, abi=options.abi, watcher=False) as handle:
-        while True:
+    while True:
+        # Probe-only (read-only, untracked): a node this user may only read will do.
+        with BlockingSysGenID.open(options.device, abi=options.abi, watcher=False) as handle:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = handle.wait_watchers(remaining)
-            if result is WaitResult.CALLER_OUTDATED:
-                # This command has nothing to rebuild: confirm the new generation, wait on.
-                pending = handle.device.read_nowait()
-                if pending is not None:
-                    handle.device.ack(pending)
-                continue
+            abi, generation = handle.abi, handle.generation
+        # Outdated itself (a newer generation): a fresh file starts up to date; wait on with one.
+        if result is not WaitResult.CALLER_OUTDATED:
             break
     if result is WaitResult.TIMED_OUT:
-        print("timed out: watchers are still outdated", file=sys.stderr)
+        cause = likely_cause_of_timeout(abi, generation)
+        print("timed out: watchers are still outdated" + (f"; {cause}" if cause else ""), file=sys.stderr)
         return EXIT_TIMED_OUT
     print("all watchers caught up")
     return EXIT_OK

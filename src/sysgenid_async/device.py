@@ -26,6 +26,7 @@ from .errors import (
     DeviceClosedError,
     ForkedHandleError,
     NotASysGenIDDeviceError,
+    ReadOnlyHandleError,
     StaleGenerationError,
     UnsupportedByAbiError,
     map_os_errors,
@@ -153,13 +154,15 @@ class Device:
     Use :meth:`open`. Not async; operations other than :meth:`wait_watchers` never block.
     """
 
-    def __init__(self, raw: RawFile, path: str, abi: Abi, *, watcher: bool) -> None:
+    def __init__(self, raw: RawFile, path: str, abi: Abi, *, watcher: bool, readonly: bool = False) -> None:
         self._raw = raw
         self._fd = raw.fileno()
         self.path = path
         self.abi = abi
         #: Whether this handle counts among the device's watchers (v4: always).
         self.watcher = watcher or abi.every_fd_is_a_watcher
+        #: Opened read-only, for probing: it cannot acknowledge.
+        self.readonly = readonly
         self._pid = _pid
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -187,15 +190,17 @@ class Device:
         """Open the device non-blocking and map its page.
 
         ``abi="auto"`` probes with the v4 query (side-effect free on both ABIs).
-        ``watcher=False`` opens for probing only: on v8 the file does not enable tracking.
-        On v4 every open file is a watcher, whatever this says.
+        ``watcher=False`` opens for probing only: read-only (a node the caller may only
+        read will do), and on v8 the file does not enable tracking. Such a handle cannot
+        acknowledge (:class:`~sysgenid_async.errors.ReadOnlyHandleError`). On v4 every
+        open file is a watcher, whatever this says: keep a probe-only file short-lived there.
         """
         resolved = resolve_device_path(path)
         forced = _coerce_abi(abi)
         if not isinstance(watcher, bool):
             raise TypeError(f"watcher must be a bool, not {type(watcher).__name__}")
         with map_os_errors("open", resolved):
-            raw = open_raw(resolved)
+            raw = open_raw(resolved, readonly=not watcher)
         try:
             if not raw.is_character_device():
                 raise NotASysGenIDDeviceError(
@@ -206,7 +211,7 @@ class Device:
                 raise AbiMismatchError(
                     f"{resolved}: abi {forced.value} was asked for, but the device speaks {detected.value}"
                 )
-            device = cls(raw, resolved, detected, watcher=watcher)
+            device = cls(raw, resolved, detected, watcher=watcher, readonly=not watcher)
         except BaseException:
             raw.close()
             raise
@@ -291,6 +296,11 @@ class Device:
     def ack(self, generation: int) -> None:
         """Acknowledge ``generation``; :class:`StaleGenerationError` if it has moved on."""
         validate_generation(generation)
+        if self.readonly:
+            raise ReadOnlyHandleError(
+                f"{self.path}: this handle was opened for probing only (watcher=False, read-only) and cannot "
+                "acknowledge; open one with watcher=True"
+            )
         self._enter()
         try:
             with map_os_errors("ack", self.path):
@@ -328,6 +338,11 @@ class Device:
             )
         if not isinstance(enabled, bool):
             raise TypeError(f"enabled must be a bool, not {type(enabled).__name__}")
+        if enabled and self.readonly:
+            raise ReadOnlyHandleError(
+                f"{self.path}: a probe-only handle (watcher=False, read-only) cannot acknowledge, so it must "
+                "not be tracked: every orchestrator would wait for it; open one with watcher=True"
+            )
         self._ioctl("tracking", uapi.SYSGENID_V8_SET_WATCHER_TRACKING, int(enabled))
         self.watcher = enabled
 

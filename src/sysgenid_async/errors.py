@@ -8,6 +8,8 @@ exception fits, the class derives from it too, so ``except PermissionError`` and
 from __future__ import annotations
 
 import errno
+import os
+import stat
 
 __all__ = [
     "AbiMismatchError",
@@ -17,6 +19,7 @@ __all__ = [
     "DevicePermissionError",
     "ForkedHandleError",
     "NotASysGenIDDeviceError",
+    "ReadOnlyHandleError",
     "RestorePendingError",
     "RestoreWatcherRunningError",
     "SimulatorProcessError",
@@ -83,6 +86,15 @@ class StaleGenerationError(SysGenIDError, ValueError):
 
 class DeviceClosedError(SysGenIDError):
     """The handle was closed (possibly by another task while this one waited)."""
+
+
+class ReadOnlyHandleError(SysGenIDError):
+    """An acknowledgement (or tracking) was asked of a probe-only handle.
+
+    ``watcher=False`` opens the device read-only, so that a service that only probes
+    works with a node it may only read; such a handle cannot acknowledge. Open with
+    ``watcher=True`` (the default) to watch.
+    """
 
 
 class ForkedHandleError(SysGenIDError):
@@ -156,6 +168,21 @@ class map_os_errors:  # noqa: N801 - used like a function: ``with map_os_errors(
             raise _translate(exc, self.operation, self.path) from exc
 
 
+_ACCESS_HINT = (
+    "watching and acknowledging need read and write access, probing needs read access. "
+    "A udev rule grants them to a group (kernel/60-sysgenid.rules; docs/drivers.md)"
+)
+
+
+def _node_owner(path: str) -> str:
+    """`` (mode 0600, owner uid 0, group gid 0)``, or nothing when the node cannot be looked at."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ""
+    return f" (mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}, group gid {info.st_gid})"
+
+
 def _translate(exc: OSError, operation: str, path: str) -> SysGenIDError:
     code = exc.errno
     reason = exc.strerror or str(exc)
@@ -165,9 +192,7 @@ def _translate(exc: OSError, operation: str, path: str) -> SysGenIDError:
         if code in (errno.ENOENT, errno.ENXIO, errno.ENODEV):
             return DeviceNotFoundError(code, _device_hint(path), path)
         if code in (errno.EACCES, errno.EPERM):
-            return DevicePermissionError(
-                code, f"{path}: permission denied; read and write access to the device is needed", path
-            )
+            return DevicePermissionError(code, f"{path}: permission denied{_node_owner(path)}; {_ACCESS_HINT}", path)
         if code in (errno.EISDIR, errno.ENOTDIR):
             return NotASysGenIDDeviceError(code, f"{path}: not a sysgenid device ({reason})", path)
     if operation == "trigger" and code in (errno.EACCES, errno.EPERM):

@@ -22,9 +22,27 @@ from .device import AbiChoice, WaitResult, validate_timeout
 from .errors import StaleGenerationError
 from .uapi import Abi
 
-__all__ = ["OrchestrationReport", "Orchestrator"]
+__all__ = ["OrchestrationReport", "Orchestrator", "likely_cause_of_timeout"]
 
 Callback = Callable[[int], "Awaitable[None] | None"]
+
+_SIGNED_TOP = 2**31 - 1
+
+
+def likely_cause_of_timeout(abi: Abi, generation: int) -> str | None:
+    """What, besides a slow watcher, can keep WAIT_WATCHERS from ever succeeding at ``generation``.
+
+    Amazon Linux's v8 driver stops its counter at 2147483647. There, a trigger that changes
+    nothing counts every tracked watcher as outdated, up to date or not, and nobody can take
+    itself off that count (not by acknowledging, not by closing) until the next change.
+    """
+    if abi is Abi.V8 and generation == _SIGNED_TOP:
+        return (
+            f"generation {generation} is where Amazon Linux's v8 driver stops counting; after a trigger there "
+            "that changed nothing, it counts every tracked watcher as outdated, even those that acknowledged, "
+            "until the next change: trigger once more (sysgenid-async trigger) to clear it"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,8 @@ class OrchestrationReport:
     restarts: int
     #: seconds from noticing the change to the end of the wait
     elapsed: float
+    #: on a timeout, a cause besides a slow watcher, when one is likely (see likely_cause_of_timeout)
+    likely_cause: str | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -105,7 +125,8 @@ class Orchestrator:
         finally:
             await _call(self._resume, generation)
         late = handle.outdated_watchers() if handle.abi is Abi.V4 else None
-        return OrchestrationReport(generation, result, late, restarts, time.monotonic() - started)
+        cause = likely_cause_of_timeout(handle.abi, generation) if result is WaitResult.TIMED_OUT else None
+        return OrchestrationReport(generation, result, late, restarts, time.monotonic() - started, cause)
 
     def __aiter__(self) -> Orchestrator:
         return self
