@@ -21,6 +21,7 @@ import pytest
 
 from backends import Backend
 from sysgenid_async import AsyncSysGenID, BlockingSysGenID, Device, watch
+from sysgenid_async.testing import Quirk
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
@@ -30,9 +31,15 @@ libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
 
 @pytest.mark.kernel_only
-def test_the_page_cannot_be_made_writable(backend: Backend) -> None:
-    with Device.open(backend.path, watcher=False) as device:
-        address = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, device.fileno(), 0)
+@pytest.mark.parametrize("flags", [
+    pytest.param(mmap.MAP_SHARED, id="shared"),
+    # where private mappings are refused, test_a_private_mapping says so
+    pytest.param(mmap.MAP_PRIVATE, id="private", marks=pytest.mark.with_quirk(Quirk.PRIVATE_MAPPING)),
+])
+def test_the_page_cannot_be_made_writable(backend: Backend, flags: int) -> None:
+    # a file open for writing: the driver itself, not the file's mode, must refuse
+    with Device.open(backend.path) as device:
+        address = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ, flags, device.fileno(), 0)
         assert address not in (None, ctypes.c_void_p(-1).value)
         try:
             assert libc.mprotect(address, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE) == -1

@@ -165,6 +165,7 @@ class GenerationBound(_Bound, Generic[T]):
                 value = self._factory()
                 self._value, self._generation = value, generation
                 self.rebuilds += 1
+                self._gate.track(self)
                 return value
 
 
@@ -205,6 +206,7 @@ class AsyncGenerationBound(_Bound, Generic[T]):
                 value = await self._factory()
                 self._value, self._generation = value, generation
                 self.rebuilds += 1
+                self._gate.track(self)
                 return value
 
 

@@ -26,7 +26,7 @@ import math
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -118,6 +118,10 @@ class HookRun:
         self.stop_priority = None
 
 
+class _Invalidatable(Protocol):
+    def invalidate(self) -> None: ...
+
+
 class RestoreGate:
     """The restore state of one hook registry: which generation it has been restored for."""
 
@@ -130,7 +134,13 @@ class RestoreGate:
         self._watcher: object | None = None
         self._watcher_thread: int | None = None
         self._watcher_device: Device | None = None
+        # Bound values built behind this gate: each new run invalidates them (see _run_for).
+        self._bound_values: weakref.WeakSet[_Invalidatable] = weakref.WeakSet()
         _gates.add(self)
+
+    def track(self, value: _Invalidatable) -> None:
+        """A bound value was built behind this gate: a new run must invalidate it."""
+        self._bound_values.add(value)
 
     # -- the watcher --------------------------------------------------------------------
 
@@ -186,6 +196,11 @@ class RestoreGate:
             return None
         run = self._run
         if run is None or run.generation != generation:
+            # A generation the values may have been built for already: a driver whose counter
+            # comes back (Amazon Linux's stops at 2**31 - 1) can show 5, 2147483647, then 5
+            # again. Comparing generations would keep the value built before the restore.
+            for value in list(self._bound_values):
+                value.invalidate()
             hooks = self._hooks()
             run = self._run = HookRun(generation, [] if hooks is None else hooks.hooks)
             if not run.hooks:
