@@ -1,6 +1,7 @@
 """Project tasks. ``nox`` (the default sessions) is what CI runs: lint, types, the docs
 site, the host suite on every supported Python, and the kernel-device suite in the QEMU
-guest, twice (our module in both ABIs, then a one-ABI build without a parameter)."""
+guest (our module in both ABIs and both shipped-driver flavours), then the conformance part
+of it against a one-ABI build without a parameter."""
 
 from __future__ import annotations
 
@@ -43,10 +44,14 @@ _expose_pyenv_interpreters()
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The suite on the host: the simulator backends, asyncio, uvloop and trio."""
+    """The suite on the host: the simulator backends, asyncio, uvloop and trio.
+
+    The simulator's shipped-driver flavours run on one Python: their quirks do not depend on it.
+    """
     session.install("-e", ".[test]")
     report = f"build/reports/host-{session.python}.xml"
-    session.run("pytest", f"--junitxml={report}", *session.posargs)
+    flavours = [] if session.python == GUEST_PYTHON else ["--sim-flavours="]
+    session.run("pytest", f"--junitxml={report}", *flavours, *session.posargs)
 
 
 def _run_guest(session: nox.Session, *args: str) -> None:
@@ -65,16 +70,22 @@ def _run_guest(session: nox.Session, *args: str) -> None:
 def kernel(session: nox.Session) -> None:
     """The device tests against the kernel module, in a QEMU guest (root; installs Debian packages).
 
-    Arguments go to kernel/vm/run_guest.py: ``nox -s kernel -- --module PATH --abi v8``.
+    Our module in both ABIs and in the flavours that behave as the shipped drivers. Arguments
+    go to kernel/vm/run_guest.py: ``nox -s kernel -- --module PATH --abi v8 --driver amazon-linux``.
     """
-    _run_guest(session, *session.posargs)
+    flavours = [] if "--module" in session.posargs else ["--flavours", "amazon-linux,v4-patch"]
+    _run_guest(session, *flavours, *session.posargs)
 
 
 @nox.session(name="kernel-fixed-abi", python=GUEST_PYTHON)
 def kernel_fixed_abi(session: nox.Session) -> None:
-    """The suite against a build with one ABI and no abi= parameter, as a distribution ships it."""
+    """The device's conformance against a build with one ABI and no abi= parameter, as a
+    distribution ships it. The build differs only in its load parameters: the library's whole
+    suite on v8 runs in the kernel session."""
+    tests = session.posargs or ["tests/test_conformance.py", "tests/test_kernel_module.py", "tests/test_device.py",
+                                "tests/test_model.py", "tests/test_shipped_drivers.py", "tests/test_cli.py"]
     _run_guest(session, "--module", "kernel", "--make-arg", "FIXED_ABI=8", "--abi", "v8", "--no-abi-param",
-               *session.posargs)
+               "--", *tests)
 
 
 @nox.session(python=GUEST_PYTHON)

@@ -8,7 +8,8 @@ run against the kernel module, loaded once per ABI and flavour:
 What is ABI and what is the project's own choice: a test of a stricter choice of our
 module (``stricter_choice``) is skipped on a foreign module; a test that a named driver's
 quirk breaks (``breaks_on``) is an expected failure there, strict; a test of a quirk itself
-(``with_quirk``) runs only where the driver has it.
+(``with_quirk``) runs only where the driver has it. Tests of the library's own resource
+hygiene (``once_per_abi``: the leak cycles) do not run again on each flavour.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def _mark_for_driver(item: pytest.Item, spec: BackendSpec) -> bool:
     """Skip, expect to fail, or (False) deselect ``item`` as the driver behind ``spec`` asks."""
     only_abi = item.get_closest_marker("only_abi")
     if only_abi and spec.abi.value != only_abi.args[0]:
+        return False
+    if item.get_closest_marker("once_per_abi") and spec.flavour not in (None, Flavour.SYSGENID_ASYNC):
         return False
     needed = item.get_closest_marker("with_quirk")
     if needed and not set(needed.args) <= spec.quirks:

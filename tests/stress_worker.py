@@ -2,9 +2,9 @@
 
 Prints ``ready``, then follows every change until it reads the final generation from
 stdin and each loop has seen and acknowledged it; prints one JSON line of counts. A loop
-counts each generation it sees go backwards (other than by u32 wraparound), and each it
-is handed twice.
-Usage: stress_worker.py DEVICE WATCHERS
+counts each generation it sees go backwards (other than by the counter's wraparound: u32,
+or 2**31 on a driver with a signed counter), and each it is handed twice.
+Usage: stress_worker.py DEVICE WATCHERS [MODULUS]
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import sys
 
 from sysgenid_async import watch
 
-HALF = 2**31
+MODULUS = int(sys.argv[3]) if len(sys.argv) > 3 else 2**32
 
 
 def moved_forward(previous: int, current: int) -> bool:
-    """Whether ``current`` is after ``previous`` in u32 order (wraparound allowed)."""
-    return 0 < (current - previous) % 2**32 < HALF
+    """Whether ``current`` is after ``previous`` in the counter's order (wraparound allowed)."""
+    return 0 < (current - previous) % MODULUS < MODULUS // 2
 
 
 async def main(path: str, count: int) -> None:

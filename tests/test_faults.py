@@ -60,7 +60,7 @@ def test_watchers_killed_before_they_ack_stop_counting(backend: Backend) -> None
     try:
         for worker in workers:
             assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
-        with BlockingSysGenID.open(backend.path, watcher=False) as probe:
+        with BlockingSysGenID.open(backend.path) as probe:  # it acknowledges: a watcher
             backend.bump()
             for worker in workers:
                 assert worker.stdout.readline().strip() == "read"  # type: ignore[union-attr]

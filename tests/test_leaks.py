@@ -1,6 +1,7 @@
 """Leaks: 10,000 open/close cycles and 10,000 cancelled waits leave nothing behind.
 
-Measured after a warm-up, on asyncio, uvloop and trio, on every backend: the process's
+Measured after a warm-up, on asyncio, uvloop and trio, on each ABI (not again on each
+shipped-driver flavour: no quirk touches opening, closing or cancelling): the process's
 open descriptors, its threads, the event loop's registered readers (none may be left for
 the device's fd; uvloop cannot be asked) and its resident memory (flat within a tolerance: the allocator keeps
 what it has, so a few hundred KiB can come and go). The counts go to the report.
@@ -18,6 +19,8 @@ import pytest
 
 from backends import Backend
 from sysgenid_async import AsyncSysGenID, open_sysgenid
+
+pytestmark = pytest.mark.once_per_abi
 
 CYCLES = 10_000
 WARM_UP = 500
