@@ -33,7 +33,7 @@ from backends import Backend
 from device_model import U32, DeviceModel
 from sysgenid_async import uapi
 from sysgenid_async.rawfile import KernelFile, RawFile
-from sysgenid_async.testing import SimulatedFile
+from sysgenid_async.testing import Quirk, SimulatedFile
 from sysgenid_async.uapi import Abi
 
 WAIT_MS = 3  # WAIT_WATCHERS's timeout: short, nobody acts meanwhile
@@ -80,6 +80,10 @@ class DeviceMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        if Quirk.RECOUNT_ALL_TRACKED in self.backend.quirks:
+            # An earlier example may have left the count stuck (closing a stuck file does not
+            # take it off): a real change with no file open counts afresh, from nobody.
+            self.backend.bump()
         self.model = DeviceModel(self.backend.abi, self.backend.generation, self.backend.quirks)
         self.open_handles: dict[int, RawFile | SharedSimFile] = {}
 
