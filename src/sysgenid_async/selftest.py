@@ -98,9 +98,8 @@ def _run_checks(raw: RawFile, path: str, allow_trigger: bool) -> Iterator[CheckR
     yield CheckResult("open O_RDWR|O_NONBLOCK|O_CLOEXEC", "pass", path)
     yield _node_result(path)
     abi: Abi | None = None
-    check = _check
 
-    yield check(
+    yield _check(
         "is a character device", lambda: "yes" if raw.is_character_device() else _fail("not a character device")
     )
 
@@ -116,7 +115,7 @@ def _run_checks(raw: RawFile, path: str, allow_trigger: bool) -> Iterator[CheckR
             abi = Abi.V8
         return abi.value
 
-    result = check("ABI detected by the v4 query", detect)
+    result = _check("ABI detected by the v4 query", detect)
     yield result
     if abi is None:
         return
@@ -124,8 +123,8 @@ def _run_checks(raw: RawFile, path: str, allow_trigger: bool) -> Iterator[CheckR
     page = raw.map_page()
     words = page.cast("I")
     try:
-        yield check("mmap one page PROT_READ MAP_SHARED", lambda: f"generation {words[0]}")
-        yield from _checks_for(raw, path, abi, words, allow_trigger, check)
+        yield _check("mmap one page PROT_READ MAP_SHARED", lambda: f"generation {words[0]}")
+        yield from _checks_for(raw, path, abi, words, allow_trigger)
     finally:
         words.release()
         page.release()
@@ -141,60 +140,59 @@ def _checks_for(
     abi: Abi,
     words: memoryview,
     allow_trigger: bool,
-    check: Callable[[str, Callable[[], str]], CheckResult],
 ) -> Iterator[CheckResult]:
     # A fresh open file starts up to date, unless another change raced the open.
     up_to_date = not _readable(raw)
-    yield check("a new file is up to date (not readable)", lambda: "yes" if up_to_date else _fail("readable at open"))
+    yield _check("a new file is up to date (not readable)", lambda: "yes" if up_to_date else _fail("readable at open"))
     if up_to_date:
-        yield check("read when up to date: EAGAIN", lambda: _expect_errno(errno.EAGAIN, lambda: raw.read(4)))
-    yield check("read of 3 bytes: EINVAL", lambda: _expect_errno(errno.EINVAL, lambda: raw.read(3)))
-    yield check("read of 0 bytes returns 0", lambda: "0 bytes" if raw.read(0) == b"" else _fail("data returned"))
+        yield _check("read when up to date: EAGAIN", lambda: _expect_errno(errno.EAGAIN, lambda: raw.read(4)))
+    yield _check("read of 3 bytes: EINVAL", lambda: _expect_errno(errno.EINVAL, lambda: raw.read(3)))
+    yield _check("read of 0 bytes returns 0", lambda: "0 bytes" if raw.read(0) == b"" else _fail("data returned"))
     wrong_size = errno.ENOBUFS if abi is Abi.V8 else errno.EINVAL
-    yield check(
+    yield _check(
         f"write of 5 bytes: {errno.errorcode[wrong_size]}",
         lambda: _expect_errno(wrong_size, lambda: raw.write(b"\0" * 5)),
     )
-    yield check(
+    yield _check(
         "ack of a non-current generation: EINVAL",
         lambda: _expect_errno(errno.EINVAL, lambda: raw.write(_u32(words[0] + 1))),
     )
-    yield check("writable mmap: EPERM", lambda: _expect_errno(errno.EPERM, lambda: raw.map_page(writable=True)))
-    yield check(
+    yield _check("writable mmap: EPERM", lambda: _expect_errno(errno.EPERM, lambda: raw.map_page(writable=True)))
+    yield _check(
         "mmap of two pages: EINVAL",
         lambda: _expect_errno(errno.EINVAL, lambda: raw.map_page(2 * uapi.PAGE_SIZE)),
     )
-    yield check(
+    yield _check(
         "mmap at a non-zero offset: EINVAL",
         lambda: _expect_errno(errno.EINVAL, lambda: raw.map_page(offset=uapi.PAGE_SIZE)),
     )
-    yield check("read-only MAP_PRIVATE mapping", lambda: _private_mapping(raw, words))
+    yield _check("read-only MAP_PRIVATE mapping", lambda: _private_mapping(raw, words))
     magic = uapi.SYSGENID_IOCTL if abi is Abi.V4 else uapi.SYSGENID_V8_IOCTL
-    yield check(
+    yield _check(
         "unknown ioctl: EINVAL",
         lambda: _expect_errno(errno.EINVAL, lambda: raw.ioctl(uapi._IO(magic, 0x7F), 0)),
     )
     if abi is Abi.V4:
-        yield check(
+        yield _check(
             "GET_OUTDATED_WATCHERS answers", lambda: f"{raw.ioctl(uapi.SYSGENID_GET_OUTDATED_WATCHERS, 0)} outdated"
         )
     else:
-        yield check("SET_WATCHER_TRACKING(1) and (0)", lambda: _tracking_round_trip(raw))
-        yield check("SET_WATCHER_TRACKING(2)", lambda: _tracking_of_two(raw))
-    yield check("WAIT_WATCHERS(1 ms) returns", lambda: _wait_once(raw, abi))
+        yield _check("SET_WATCHER_TRACKING(1) and (0)", lambda: _tracking_round_trip(raw))
+        yield _check("SET_WATCHER_TRACKING(2)", lambda: _tracking_of_two(raw))
+    yield _check("WAIT_WATCHERS(1 ms) returns", lambda: _wait_once(raw, abi))
     yield from _module_results(path)
     if not allow_trigger:
         for name in _TRIGGER_CHECKS:
             yield CheckResult(name, "skip", "needs --allow-trigger (changes the generation)")
         return
-    round_trip = check(_TRIGGER_CHECKS[0], lambda: _trigger_round_trip(raw, abi, words))
+    round_trip = _check(_TRIGGER_CHECKS[0], lambda: _trigger_round_trip(raw, abi, words))
     yield round_trip
     if round_trip.status != "pass":
         for name in _TRIGGER_CHECKS[1:]:
             yield CheckResult(name, "skip", "the trigger round trip failed")
         return
-    yield check(_TRIGGER_CHECKS[1], lambda: _counter_width(raw, abi, words))
-    yield check(_TRIGGER_CHECKS[2], lambda: _minimum_width(raw, abi, words))
+    yield _check(_TRIGGER_CHECKS[1], lambda: _counter_width(raw, abi, words))
+    yield _check(_TRIGGER_CHECKS[2], lambda: _minimum_width(raw, abi, words))
     yield _user_namespace_trigger(path, abi, words)
 
 
