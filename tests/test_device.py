@@ -279,3 +279,20 @@ def test_ioctl_does_not_go_through_fcntl(monkeypatch: pytest.MonkeyPatch) -> Non
         assert caught.value.errno == errno.ENOTTY
     finally:
         raw.close()
+
+
+def test_a_probe_only_handle_cannot_acknowledge_or_be_tracked(backend: Backend) -> None:
+    from sysgenid_async.errors import ReadOnlyHandleError
+
+    with Device.open(backend.path, watcher=False) as probe:
+        assert probe.readonly
+        assert probe.watcher is (backend.abi is Abi.V4), "on v4 every open file is a watcher"
+        backend.bump()
+        with pytest.raises(ReadOnlyHandleError, match="opened for probing only"):
+            probe.ack(probe.generation)
+        if backend.abi is Abi.V8:
+            with pytest.raises(ReadOnlyHandleError, match="must not be tracked"):
+                probe.set_tracking(True)
+            probe.set_tracking(False)  # harmless: it stays untracked
+            assert not probe.watcher
+        assert probe.is_outdated(), "nothing was acknowledged"

@@ -51,6 +51,16 @@ def test_the_abi_can_be_chosen(sysgenid_sim: SimulatedDevice) -> None:
 def test_the_simulator_validates_its_inputs() -> None:
     with pytest.raises(ValueError, match="'v5' is not a valid Abi"):
         SimulatedDevice("v5")
+    with pytest.raises(ValueError, match="'debian' is not a valid Flavour"):
+        SimulatedDevice(flavour="debian")
+    with pytest.raises(ValueError, match="the amazon-linux flavour speaks v8, not v4"):
+        SimulatedDevice("v4", flavour="amazon-linux")
+    assert SimulatedDevice(flavour="v4-patch").abi.value == "v4", "the flavour's ABI by default"
+
+
+@pytest.mark.parametrize("sysgenid_sim_flavour", ["amazon-linux"])
+def test_the_flavour_can_be_chosen(sysgenid_sim: SimulatedDevice) -> None:
+    assert sysgenid_sim.abi.value == "v8" and sysgenid_sim.bump(2**31) == 1, "a signed minimum: ignored"
     sim = SimulatedDevice()
     with pytest.raises(ValueError, match="min_generation"):
         sim.bump(-1)

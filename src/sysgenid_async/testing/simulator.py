@@ -128,7 +128,7 @@ class SimulatedDevice:
         self.flavour = Flavour(flavour)
         self.abi = Abi(abi) if abi is not None else self.flavour.abi or Abi.V4
         if self.flavour.abi not in (None, self.abi):
-            raise ValueError(f"the {self.flavour.value} flavour speaks {self.flavour.abi}, not {self.abi.value}")
+            raise ValueError(f"the {self.flavour.value} flavour speaks {self.flavour.abi.value}, not {self.abi.value}")
         self.quirks = self.flavour.quirks
         self.capabilities = frozenset(capabilities)
         self._cond = threading.Condition(threading.Lock())
