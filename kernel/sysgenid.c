@@ -22,14 +22,17 @@
  *
  * On kernels with CONFIG_VMGENID the module follows the hypervisor's VM generation
  * (restores and clones) through the vmfork notifier; vmfork=0 turns that off, and the
- * read-only parameter "backend" tells which it is.
+ * device's read-only attribute /sys/class/misc/sysgenid/backend tells which it is.
  *
- * Locking: one spinlock (irqsave, since sysgenid_bump_generation() may be
- * called from any context) guards the generation, every file's acked value
- * and tracking flag, and the outdated count. Nothing sleeps while holding it.
- * Wait conditions re-take the lock to read consistent state; every state
- * change that can satisfy a condition wakes the queues after unlocking.
+ * Locking: one spinlock guards the generation, every file's acked value and
+ * tracking flag, and the outdated count. Every caller runs in process context
+ * (file operations, and the vmfork notifier, a blocking chain called from the
+ * ACPI notify workqueue), so plain spin_lock() is enough. Nothing sleeps while
+ * holding it. Wait conditions re-take the lock to read consistent state; every
+ * state change that can satisfy a condition wakes the queues after unlocking.
  */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
 #include <linux/capability.h>
 #include <linux/cred.h>
 #include <linux/fs.h>
@@ -50,7 +53,7 @@
 #include <linux/version.h>
 #include <linux/wait.h>
 
-#include "sysgenid.h"
+#include "uapi/sysgenid.h"
 
 #ifdef SYSGENID_FIXED_ABI
 /* A build with one personality and no parameter, like a distribution's driver. */
@@ -126,22 +129,18 @@ MODULE_PARM_DESC(vmfork, "bump on the hypervisor's VM generation change (kernels
 /* What drives the generation besides userspace: "vmgenid", "none" or "disabled". */
 static const char *sg_backend = "none";
 
-static int sg_backend_get(char *buffer, const struct kernel_param *kp)
+/* /sys/class/misc/sysgenid/backend: an attribute of the device, not a parameter */
+static ssize_t backend_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
-	return sysfs_emit(buffer, "%s\n", sg_backend);
+	return sysfs_emit(buf, "%s\n", sg_backend);
 }
+static DEVICE_ATTR_RO(backend);
 
-static int sg_backend_set(const char *value, const struct kernel_param *kp)
-{
-	return -EPERM;
-}
-
-static const struct kernel_param_ops sg_backend_ops = {
-	.get = sg_backend_get,
-	.set = sg_backend_set,
+static struct attribute *sg_attrs[] = {
+	&dev_attr_backend.attr,
+	NULL,
 };
-module_param_cb(backend, &sg_backend_ops, NULL, 0444);
-MODULE_PARM_DESC(backend, "read-only: the backend driving the generation (vmgenid, none, disabled)");
+ATTRIBUTE_GROUPS(sg);
 
 /* vm_flags became read-only, with helpers, in 6.3 */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
@@ -185,12 +184,11 @@ static inline bool sg_watcher_outdated_locked(const struct sg_watcher *w)
 
 static bool sg_watcher_outdated(struct sg_watcher *w)
 {
-	unsigned long flags;
 	bool ret;
 
-	spin_lock_irqsave(&sg.lock, flags);
+	spin_lock(&sg.lock);
 	ret = sg_watcher_outdated_locked(w);
-	spin_unlock_irqrestore(&sg.lock, flags);
+	spin_unlock(&sg.lock);
 	return ret;
 }
 
@@ -213,35 +211,22 @@ static u32 sg_next_generation_locked(u32 min_gen)
 static void sg_bump(u32 min_gen)
 {
 	struct sg_watcher *w;
-	unsigned long flags;
 	unsigned int outdated = 0;
 	u32 next;
 
-	spin_lock_irqsave(&sg.lock, flags);
+	spin_lock(&sg.lock);
 	next = sg_next_generation_locked(min_gen);
 	WRITE_ONCE(sg.page[0], next);
 	list_for_each_entry(w, &sg.watchers, node)
 		if (w->tracked && (w->acked != next || sg_flavour->recount_all_tracked))
 			outdated++;
 	sg.outdated = outdated;
-	spin_unlock_irqrestore(&sg.lock, flags);
+	spin_unlock(&sg.lock);
 
 	wake_up_interruptible_all(&sg.change_wq);
 	/* waiters must learn that they became outdated themselves */
 	wake_up_interruptible_all(&sg.outdated_wq);
 }
-
-/**
- * sysgenid_bump_generation - advance the system generation by one
- *
- * For in-kernel producers, such as a VM-generation backend. Safe to call
- * from any context.
- */
-void sysgenid_bump_generation(void)
-{
-	sg_bump(0);
-}
-EXPORT_SYMBOL_GPL(sysgenid_bump_generation);
 
 #if IS_ENABLED(CONFIG_VMGENID)
 /*
@@ -251,8 +236,8 @@ EXPORT_SYMBOL_GPL(sysgenid_bump_generation);
  */
 static int sg_vmfork_notify(struct notifier_block *nb, unsigned long action, void *data)
 {
-	sysgenid_bump_generation();
-	pr_info("sysgenid: VM generation changed, generation %u\n", sg_generation());
+	sg_bump(0);
+	pr_info("VM generation changed, generation %u\n", sg_generation());
 	return NOTIFY_DONE;
 }
 
@@ -265,18 +250,18 @@ static void sg_backend_start(void)
 {
 	if (!vmfork) {
 		sg_backend = "disabled";
-		pr_info("sysgenid: VM generation backend disabled (vmfork=0)\n");
+		pr_info("VM generation backend disabled (vmfork=0)\n");
 		return;
 	}
 #if IS_ENABLED(CONFIG_VMGENID)
 	if (register_random_vmfork_notifier(&sg_vmfork_nb) == 0) {
 		sg_backend = "vmgenid";
-		pr_info("sysgenid: following the VM generation (vmgenid)\n");
+		pr_info("following the VM generation (vmgenid)\n");
 		return;
 	}
-	pr_notice("sysgenid: could not register for VM generation changes\n");
+	pr_notice("could not register for VM generation changes\n");
 #else
-	pr_info("sysgenid: no VM generation backend: this kernel has no CONFIG_VMGENID\n");
+	pr_info("no VM generation backend: this kernel has no CONFIG_VMGENID\n");
 #endif
 }
 
@@ -292,16 +277,15 @@ static void sg_backend_stop(void)
 static int sg_open(struct inode *inode, struct file *file)
 {
 	struct sg_watcher *w = kzalloc(sizeof(*w), GFP_KERNEL);
-	unsigned long flags;
 
 	if (!w)
 		return -ENOMEM;
 	/* v4: every open file is a watcher; v8: only after SET_WATCHER_TRACKING(1) */
 	w->tracked = !sg_is_v8();
-	spin_lock_irqsave(&sg.lock, flags);
+	spin_lock(&sg.lock);
 	w->acked = sg.page[0];
 	list_add(&w->node, &sg.watchers);
-	spin_unlock_irqrestore(&sg.lock, flags);
+	spin_unlock(&sg.lock);
 	file->private_data = w;
 	return stream_open(inode, file);
 }
@@ -309,16 +293,15 @@ static int sg_open(struct inode *inode, struct file *file)
 static int sg_release(struct inode *inode, struct file *file)
 {
 	struct sg_watcher *w = file->private_data;
-	unsigned long flags;
 	bool wake = false;
 
-	spin_lock_irqsave(&sg.lock, flags);
+	spin_lock(&sg.lock);
 	list_del(&w->node);
 	if (w->tracked && sg_watcher_outdated_locked(w)) {
 		sg.outdated--;
 		wake = sg.outdated == 0;
 	}
-	spin_unlock_irqrestore(&sg.lock, flags);
+	spin_unlock(&sg.lock);
 	if (wake)
 		wake_up_interruptible_all(&sg.outdated_wq);
 	kfree(w);
@@ -329,7 +312,6 @@ static ssize_t sg_read(struct file *file, char __user *buf, size_t len,
 		       loff_t *ppos)
 {
 	struct sg_watcher *w = file->private_data;
-	unsigned long flags;
 	u32 gen;
 	int ret;
 
@@ -339,13 +321,13 @@ static ssize_t sg_read(struct file *file, char __user *buf, size_t len,
 		return -EINVAL;
 
 	for (;;) {
-		spin_lock_irqsave(&sg.lock, flags);
+		spin_lock(&sg.lock);
 		gen = sg.page[0];
 		if (w->acked != gen) {
-			spin_unlock_irqrestore(&sg.lock, flags);
+			spin_unlock(&sg.lock);
 			break;
 		}
-		spin_unlock_irqrestore(&sg.lock, flags);
+		spin_unlock(&sg.lock);
 		if (file->f_flags & O_NONBLOCK)
 			return -EAGAIN;
 		ret = wait_event_interruptible(sg.change_wq,
@@ -363,7 +345,6 @@ static ssize_t sg_write(struct file *file, const char __user *buf,
 			size_t len, loff_t *ppos)
 {
 	struct sg_watcher *w = file->private_data;
-	unsigned long flags;
 	bool wake = false;
 	u32 gen;
 
@@ -372,9 +353,9 @@ static ssize_t sg_write(struct file *file, const char __user *buf,
 	if (copy_from_user(&gen, buf, sizeof(gen)))
 		return -EFAULT;
 
-	spin_lock_irqsave(&sg.lock, flags);
+	spin_lock(&sg.lock);
 	if (gen != sg.page[0]) {
-		spin_unlock_irqrestore(&sg.lock, flags);
+		spin_unlock(&sg.lock);
 		return -EINVAL;
 	}
 	if (w->acked != gen) {
@@ -384,7 +365,7 @@ static ssize_t sg_write(struct file *file, const char __user *buf,
 			wake = sg.outdated == 0;
 		}
 	}
-	spin_unlock_irqrestore(&sg.lock, flags);
+	spin_unlock(&sg.lock);
 	if (wake)
 		wake_up_interruptible_all(&sg.outdated_wq);
 	return sizeof(gen);
@@ -400,12 +381,11 @@ static __poll_t sg_poll(struct file *file, poll_table *wait)
 
 static bool sg_wait_done(struct sg_watcher *w)
 {
-	unsigned long flags;
 	bool done;
 
-	spin_lock_irqsave(&sg.lock, flags);
+	spin_lock(&sg.lock);
 	done = sg.outdated == 0 || sg_watcher_outdated_locked(w);
-	spin_unlock_irqrestore(&sg.lock, flags);
+	spin_unlock(&sg.lock);
 	return done;
 }
 
@@ -443,13 +423,12 @@ static long sg_wait_watchers(struct sg_watcher *w, unsigned long timeout_ms)
 
 static long sg_set_tracking(struct sg_watcher *w, unsigned long on)
 {
-	unsigned long flags;
 	bool wake = false;
 
 	if (on > 1 && !sg_flavour->tracking_any_nonzero)
 		return -EINVAL;
 	on = !!on;
-	spin_lock_irqsave(&sg.lock, flags);
+	spin_lock(&sg.lock);
 	if (w->tracked != !!on) {
 		w->tracked = on;
 		if (sg_watcher_outdated_locked(w)) {
@@ -461,7 +440,7 @@ static long sg_set_tracking(struct sg_watcher *w, unsigned long on)
 			}
 		}
 	}
-	spin_unlock_irqrestore(&sg.lock, flags);
+	spin_unlock(&sg.lock);
 	if (wake)
 		wake_up_interruptible_all(&sg.outdated_wq);
 	return 0;
@@ -470,7 +449,6 @@ static long sg_set_tracking(struct sg_watcher *w, unsigned long on)
 static long sg_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct sg_watcher *w = file->private_data;
-	unsigned long flags;
 	long count;
 
 	if (sg_is_v8()) {
@@ -482,14 +460,19 @@ static long sg_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		case SYSGENID_V8_TRIGGER_GEN_UPDATE:
 			break;
 		default:
+			/*
+			 * EINVAL, not the usual ENOTTY: the shipped drivers answer
+			 * so, and clients tell the ABIs apart by it (a v4 ioctl on
+			 * a v8 driver fails with EINVAL).
+			 */
 			return -EINVAL;
 		}
 	} else {
 		switch (cmd) {
 		case SYSGENID_GET_OUTDATED_WATCHERS:
-			spin_lock_irqsave(&sg.lock, flags);
+			spin_lock(&sg.lock);
 			count = sg.outdated;
-			spin_unlock_irqrestore(&sg.lock, flags);
+			spin_unlock(&sg.lock);
 			return count;
 		case SYSGENID_WAIT_WATCHERS:
 			return sg_wait_watchers(w, arg);
@@ -539,15 +522,17 @@ static const struct file_operations sg_fops = {
 	.write		= sg_write,
 	.poll		= sg_poll,
 	.unlocked_ioctl	= sg_ioctl,
-	.compat_ioctl	= compat_ptr_ioctl,
+	/* every argument is an integer, never a pointer: no translation */
+	.compat_ioctl	= sg_ioctl,
 	.mmap		= sg_mmap,
-	.llseek		= no_llseek,
+	/* no .llseek: stream_open() makes the file unseekable (ESPIPE) */
 };
 
 static struct miscdevice sg_misc = {
 	.minor	= MISC_DYNAMIC_MINOR,
 	.name	= "sysgenid",
 	.fops	= &sg_fops,
+	.groups	= sg_groups,
 };
 
 static int sg_choose_flavour(void)
@@ -558,7 +543,7 @@ static int sg_choose_flavour(void)
 		if (sysfs_streq(flavour, sg_flavours[i].name))
 			break;
 	if (i == ARRAY_SIZE(sg_flavours)) {
-		pr_err("sysgenid: flavour=%s is not sysgenid-async, amazon-linux or v4-patch\n", flavour);
+		pr_err("flavour=%s is not sysgenid-async, amazon-linux or v4-patch\n", flavour);
 		return -EINVAL;
 	}
 	sg_flavour = &sg_flavours[i];
@@ -567,11 +552,11 @@ static int sg_choose_flavour(void)
 		abi = sg_flavour->abi ?: 4;
 #endif
 	if (abi != 4 && abi != 8) {
-		pr_err("sysgenid: abi=%d is not 4 or 8\n", abi);
+		pr_err("abi=%d is not 4 or 8\n", abi);
 		return -EINVAL;
 	}
 	if (sg_flavour->abi && sg_flavour->abi != abi) {
-		pr_err("sysgenid: flavour=%s speaks abi %d, not %d\n", sg_flavour->name, sg_flavour->abi, abi);
+		pr_err("flavour=%s speaks abi %d, not %d\n", sg_flavour->name, sg_flavour->abi, abi);
 		return -EINVAL;
 	}
 	sg_misc.mode = sg_flavour->mode;
@@ -599,7 +584,7 @@ static int __init sg_init(void)
 		free_page((unsigned long)sg.page);
 		return ret;
 	}
-	pr_info("sysgenid: /dev/%s ready, abi v%d, flavour %s\n", sg_misc.name, abi, sg_flavour->name);
+	pr_info("/dev/%s ready, abi v%d, flavour %s\n", sg_misc.name, abi, sg_flavour->name);
 	sg_backend_start();
 	return 0;
 }
@@ -609,7 +594,7 @@ static void __exit sg_exit(void)
 	sg_backend_stop();
 	misc_deregister(&sg_misc);
 	free_page((unsigned long)sg.page);
-	pr_info("sysgenid: unloaded\n");
+	pr_info("unloaded\n");
 }
 
 module_init(sg_init);
