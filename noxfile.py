@@ -1,7 +1,9 @@
 """Project tasks. ``nox`` (the default sessions) is what CI runs: lint, types, the docs
-site, the host suite on every supported Python, and the kernel-device suite in the QEMU
-guest (our module in both ABIs and both shipped-driver flavours), then the conformance part
-of it against a one-ABI build without a parameter."""
+site, the host suite on every supported Python (3.14 and 3.15 in a Debian sid root), the
+kernel-device suite in the QEMU guest on the newest Debian kernel with Python 3.15 (our
+module in both ABIs and both shipped-driver flavours), the driver's conformance on the
+other kernels (the host's, Debian 13's) and against a one-ABI build without a parameter,
+DKMS, and the clone test on the host's and the newest generic kernel."""
 
 from __future__ import annotations
 
@@ -11,13 +13,18 @@ import subprocess
 
 import nox
 
-PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]  # the host's (pyenv); 3.10 is past its end of life
+SID_PYTHONS = ["3.14", "3.15"]  # Debian sid's, in a root of that suite (kernel/vm/suites.py)
 GUEST_PYTHON = "3.11"
+NEWEST_PYTHON = "3.15"
+# The driver-level tests run on every kernel; the library's whole suite runs on the newest.
+CONFORMANCE = ["tests/test_conformance.py", "tests/test_kernel_module.py", "tests/test_model.py"]
 
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = [
-    "lint", "typecheck", "docs", "tests", "kernel", "kernel-fixed-abi", "dkms", "clones", "bench-smoke",
+    "lint", "typecheck", "docs", "tests", "tests-sid", "kernel", "kernel-host", "kernel-trixie", "kernel-fixed-abi",
+    "dkms", "clones", "clones-sid", "bench-smoke",
 ]
 
 
@@ -54,6 +61,27 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", f"--junitxml={report}", *flavours, *session.posargs)
 
 
+def _sid_venv(session: nox.Session, version: str) -> str:
+    """A venv with the project (reinstalled) in the sid root, made once; its Python's path there."""
+    session.run("python3", "kernel/vm/suites.py", "venv", "sid", version, external=True, silent=True)
+    return f"/opt/venvs/{version}/bin/python"
+
+
+@nox.session(name="tests-sid", python=False)
+@nox.parametrize("version", SID_PYTHONS, ids=SID_PYTHONS)
+def tests_sid(session: nox.Session, version: str) -> None:
+    """The host suite on Debian sid's Python 3.14 and 3.15, in a root of that suite that this
+    session makes (root; mmdebstrap, once). The suite runs in its own mount namespace, the
+    project bound at /project."""
+    python = _sid_venv(session, version)
+    session.run(
+        "python3", "kernel/vm/suites.py", "run", "sid", "--",
+        "/usr/bin/env", f"PATH={python.rsplit('/', 1)[0]}:/usr/local/bin:/usr/bin:/bin",
+        python, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml=build/reports/host-{version}.xml",
+        "--sim-flavours=", *session.posargs, external=True,
+    )
+
+
 def _run_guest(session: nox.Session, *args: str) -> None:
     """Install the package, then run the device tests in the guest with this venv's Python.
 
@@ -62,19 +90,40 @@ def _run_guest(session: nox.Session, *args: str) -> None:
     session.install(".[test]")
     python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True)
     assert isinstance(python, str)
+    _guest(session, "--python", python.strip(), *args)
+
+
+def _guest(session: nox.Session, *args: str) -> None:
     out = [] if "--out" in args else ["--out", f"build/guest/{session.name}"]
-    session.run("python", "kernel/vm/run_guest.py", "--python", python.strip(), *out, *args)
+    session.run("python3", "kernel/vm/run_guest.py", *out, *args, external=True)
 
 
-@nox.session(python=GUEST_PYTHON)
+@nox.session(python=False)
 def kernel(session: nox.Session) -> None:
-    """The device tests against the kernel module, in a QEMU guest (root; installs Debian packages).
+    """The device tests against the kernel module in a QEMU guest, on the newest Debian kernel
+    with Python 3.15, both from a Debian sid root (root; installs Debian packages, makes the root).
 
     Our module in both ABIs and in the flavours that behave as the shipped drivers. Arguments
     go to kernel/vm/run_guest.py: ``nox -s kernel -- --module PATH --abi v8 --driver amazon-linux``.
     """
+    python = _sid_venv(session, NEWEST_PYTHON)
     flavours = [] if "--module" in session.posargs else ["--flavours", "amazon-linux,v4-patch"]
-    _run_guest(session, *flavours, *session.posargs)
+    _guest(session, "--kernel", "sid", "--root", "sid", "--python", python, *flavours, *session.posargs)
+
+
+@nox.session(name="kernel-host", python=GUEST_PYTHON)
+def kernel_host(session: nox.Session) -> None:
+    """The driver's conformance, both ABIs and the shipped-driver flavours, on the host's own
+    cloud kernel (Debian 12: 6.1). Arguments: pytest's (default: the conformance tests)."""
+    _run_guest(session, "--flavours", "amazon-linux,v4-patch", "--", *(session.posargs or CONFORMANCE))
+
+
+@nox.session(name="kernel-trixie", python=GUEST_PYTHON)
+def kernel_trixie(session: nox.Session) -> None:
+    """The driver's conformance on Debian 13's cloud kernel (6.12), the module built in a
+    trixie root with that suite's compiler and headers."""
+    _run_guest(session, "--kernel", "trixie", "--flavours", "amazon-linux,v4-patch",
+               "--", *(session.posargs or CONFORMANCE))
 
 
 @nox.session(name="kernel-fixed-abi", python=GUEST_PYTHON)
@@ -82,10 +131,8 @@ def kernel_fixed_abi(session: nox.Session) -> None:
     """The device's conformance against a build with one ABI and no abi= parameter, as a
     distribution ships it. The build differs only in its load parameters: the library's whole
     suite on v8 runs in the kernel session."""
-    tests = session.posargs or ["tests/test_conformance.py", "tests/test_kernel_module.py", "tests/test_device.py",
-                                "tests/test_model.py", "tests/test_shipped_drivers.py", "tests/test_cli.py"]
     _run_guest(session, "--module", "kernel", "--make-arg", "FIXED_ABI=8", "--abi", "v8", "--no-abi-param",
-               "--", *tests)
+               "--", *(session.posargs or CONFORMANCE))
 
 
 @nox.session(python=GUEST_PYTHON)
@@ -93,6 +140,13 @@ def clones(session: nox.Session) -> None:
     """Snapshot a running service in a QEMU guest, restore clones, check that they diverge (root)."""
     session.install(".")
     session.run("python", "kernel/vm/clones.py", *session.posargs)
+
+
+@nox.session(name="clones-sid", python=GUEST_PYTHON)
+def clones_sid(session: nox.Session) -> None:
+    """The clone test on the newest Debian generic kernel (root; makes the sid root)."""
+    session.install(".")
+    session.run("python", "kernel/vm/clones.py", "--kernel", "sid", *session.posargs)
 
 
 def _bench(session: nox.Session, *, quick: bool, docs: bool) -> None:
@@ -124,8 +178,12 @@ def bench_smoke(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def dkms(session: nox.Session) -> None:
-    """DKMS builds and installs the module against this machine's headers, then removes it (root)."""
+    """DKMS builds, signs and installs the module for every kernel with headers, here and in
+    the trixie and sid roots (each suite's own DKMS), then removes it (root)."""
     session.run("bash", "kernel/dkms-check.sh", *session.posargs, external=True)
+    for suite in ("trixie", "sid"):
+        session.run("python3", "kernel/vm/suites.py", "run", suite, "--", "bash", "/project/kernel/dkms-check.sh",
+                    *session.posargs, external=True)
 
 
 @nox.session(python=GUEST_PYTHON)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import select
 import signal
@@ -103,6 +104,16 @@ def test_a_new_file_is_up_to_date(opened: Callable[..., RawFile]) -> None:
     assert raw.is_character_device()
     assert not readable(raw)
     expect_errno(errno.EAGAIN, lambda: raw.read(4))
+
+
+@pytest.mark.kernel_only
+def test_the_file_is_a_stream(backend: Backend, opened: Callable[..., RawFile]) -> None:
+    # stream_open() makes it unseekable, with no .llseek of the module's own
+    raw = opened()
+    for whence in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
+        expect_errno(errno.ESPIPE, functools.partial(os.lseek, raw.fileno(), 0, whence))
+    backend.bump()
+    expect_errno(errno.ESPIPE, lambda: os.pread(raw.fileno(), 4, 0))
 
 
 def test_read_sizes(backend: Backend, opened: Callable[..., RawFile]) -> None:

@@ -98,9 +98,19 @@ class BootReachedError(Exception):
 def fresh_clone(harness: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The harness as in a fresh clone: no build/guest yet; no QEMU started, no root needed."""
     monkeypatch.setattr(harness, "WORK", tmp_path / "clone" / "build" / "guest")
-    monkeypatch.setattr(harness, "find_kernel", lambda: "6.1.0-0-cloud-amd64")
-    # as mkinitramfs.sh does, write the archive where it is told (its directory must exist)
-    monkeypatch.setattr(harness, "build_initramfs", lambda kver, initrd: initrd.write_bytes(b"initramfs"))
+    kernel = harness.suites.Kernel("host", "cloud", "6.1.0-0-cloud-amd64", Path("/boot/vmlinuz"), Path("/"), None)
+
+    def suite_kernel(suite: str, flavour: str) -> object:
+        assert (suite, flavour) == ("host", "cloud")
+        return kernel
+
+    monkeypatch.setattr(harness.suites, "suite_kernel", suite_kernel)
+
+    def build_initramfs(kernel: object, initrd: Path) -> None:
+        # as mkinitramfs.sh does, write the archive where it is told (its directory must exist)
+        initrd.write_bytes(b"initramfs")
+
+    monkeypatch.setattr(harness, "build_initramfs", build_initramfs)
 
     def boot(*args: object) -> None:
         raise BootReachedError
@@ -144,3 +154,143 @@ def test_the_guest_job_names_the_flavours_and_the_driver(harness: ModuleType, tm
     args.flavours, args.driver = "", "amazon-linux"
     job = harness.guest_job(args, Path("/m/other.ko"), tmp_path)
     assert "--kernel-driver=amazon-linux" in job and "--kernel-flavours" not in job
+
+
+# -- other Debian suites' kernels and Pythons (kernel/vm/suites.py) ---------------------------
+
+
+def test_the_guest_job_in_a_suite_root_pivots_there(harness: ModuleType, tmp_path: Path) -> None:
+    args = harness.argparse.Namespace(python="/opt/venvs/3.15/bin/python", abi="v4,v8", no_abi_param=False,
+                                      pytest_args=[], script=None, flavours="", driver=None)
+    root = tmp_path / "sid-root"
+    job = harness.guest_job(args, tmp_path / "build" / "sysgenid.ko", tmp_path, root)
+    # the root becomes the mount namespace's root (a chroot would refuse user namespaces)
+    assert "unshare --mount --propagation private" in job and "pivot_root" in job and "chroot" not in job
+    assert f"{root} {harness.PROJECT} {tmp_path} /project" in job
+    # paths as the tests see them inside the root
+    assert "--kernel-module=/report/build/sysgenid.ko" in job and "--junitxml=/report/junit.xml" in job
+    assert "SYSGENID_REPORT_DIR=/report /opt/venvs/3.15/bin/python -m pytest" in job
+    assert f"dmesg > {tmp_path / 'dmesg.txt'}" in job  # the guest's own path, outside the root
+
+
+def test_a_python_missing_from_the_root_is_refused(
+    harness: ModuleType, fresh_clone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "sid-root"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "python3.15").symlink_to("/usr/bin/python3.15")  # dangling on the host: fine
+
+    def ensure_root(suite: str) -> Path:
+        return root
+
+    monkeypatch.setattr(harness.suites, "ensure_root", ensure_root)
+    out = tmp_path / "reports"
+    with pytest.raises(SystemExit, match="not in the sid root"):
+        harness.main(["--no-install", "--module", str(fresh_clone), "--root", "sid", "--python", "/opt/missing",
+                      "--out", str(out)])
+    assert not out.exists()  # refused before anything was made
+    with pytest.raises(BootReachedError):
+        harness.main(["--no-install", "--module", str(fresh_clone), "--root", "sid", "--python",
+                      "/usr/bin/python3.15", "--out", str(out)])
+    assert "--kernel-module=/report/build/driver.ko" in (out / "job.sh").read_text()  # copied where the root sees it
+
+
+def test_an_unknown_kernel_suite_is_a_usage_error(harness: ModuleType) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        harness.main(["--no-install", "--kernel", "buster"])
+    assert exit_info.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def suites(harness: ModuleType) -> ModuleType:
+    module: ModuleType = harness.suites
+    return module
+
+
+def _etc(tmp_path: Path, codename: str = "bookworm") -> Path:
+    etc = tmp_path / "etc"
+    (etc / "apt" / "sources.list.d").mkdir(parents=True)
+    (etc / "os-release").write_text(f'NAME="Debian GNU/Linux"\nVERSION_CODENAME={codename}\n')
+    return etc
+
+
+def test_the_mirror_is_the_one_the_hosts_apt_uses(suites: ModuleType, tmp_path: Path) -> None:
+    etc = _etc(tmp_path)
+    (etc / "apt" / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.invalid/debian-security\nSuites: bookworm-security\nComponents: main\n\n"
+        "# the archive\nTypes: deb deb-src\nURIs: http://mirror.invalid/debian/\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n"
+    )
+    assert suites.host_mirror(etc) == "http://mirror.invalid/debian"
+
+
+def test_the_mirror_from_a_one_line_sources_list(suites: ModuleType, tmp_path: Path) -> None:
+    etc = _etc(tmp_path)
+    (etc / "apt" / "sources.list").write_text(
+        "# comment\ndeb-src http://src.invalid/debian bookworm main\n"
+        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://lines.invalid/debian bookworm main\n"
+    )
+    assert suites.host_mirror(etc) == "http://lines.invalid/debian"
+
+
+def test_no_mirror_for_the_hosts_suite_is_a_clear_error(suites: ModuleType, tmp_path: Path) -> None:
+    etc = _etc(tmp_path, codename="trixie")
+    (etc / "apt" / "sources.list").write_text("deb http://lines.invalid/debian bookworm main\n")
+    with pytest.raises(suites.SuiteError, match=r"no Debian archive for trixie.*SYSGENID_DEBIAN_MIRROR"):
+        suites.host_mirror(etc)
+
+
+def test_unknown_suites_and_pythons_are_refused_before_anything_runs(
+    suites: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_root(suite: str) -> None:
+        raise AssertionError("nothing may be made")
+
+    monkeypatch.setattr(suites, "ensure_root", no_root)
+    with pytest.raises(suites.SuiteError, match="unknown suite 'buster'"):
+        suites.check_suite("buster")
+    with pytest.raises(suites.SuiteError, match=r"no Python 3\.9"):
+        suites.ensure_venv("sid", "3.9")
+    with pytest.raises(suites.SuiteError, match=r"no Python 3\.15"):
+        suites.ensure_venv("trixie", "3.15")
+    with pytest.raises(SystemExit) as exit_info:
+        suites.main(["root", "buster"])
+    assert exit_info.value.code == 2
+
+
+def test_a_kernels_packages_are_found_through_its_dependencies(
+    suites: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    depends = {
+        "linux-image-cloud-amd64": (
+            "  Depends: linux-base-cloud-amd64\n  Depends: linux-image-7.2.13+deb14-cloud-amd64\n"
+        ),
+        "linux-image-7.2.13+deb14-cloud-amd64": (
+            " |Depends: dracut\n    initramfs-tools\n  Depends: linux-binary-7.2.13+deb14-cloud-amd64\n"
+            "  Depends: linux-modules-7.2.13+deb14-cloud-amd64\n"
+        ),
+        "linux-binary-7.2.13+deb14-cloud-amd64": "  Depends: linux-base-7.2.13+deb14-cloud-amd64\n",
+        "linux-modules-7.2.13+deb14-cloud-amd64": "",
+    }
+
+    def run_in_root(root: Path, argv: list[str], **options: object) -> subprocess.CompletedProcess[str]:
+        package = argv[-1]
+        return subprocess.CompletedProcess(argv, 0, f"{package}\n{depends[package]}", "")
+
+    monkeypatch.setattr(suites, "run_in_root", run_in_root)
+    found = suites._kernel_packages(tmp_path, "linux-image-cloud-amd64")
+    assert sorted(found) == [
+        "linux-binary-7.2.13+deb14-cloud-amd64",
+        "linux-image-7.2.13+deb14-cloud-amd64",
+        "linux-modules-7.2.13+deb14-cloud-amd64",
+    ]
+
+
+def test_entering_a_root_binds_the_project_and_the_report(suites: ModuleType, tmp_path: Path) -> None:
+    command = suites.enter_root_command(tmp_path / "root", Path("/p"), tmp_path / "out", "/project", ["python3", "-V"])
+    assert command[:4] == ["unshare", "--mount", "--propagation", "private"]
+    assert command[-6:] == [str(tmp_path / "root"), "/p", str(tmp_path / "out"), "/project", "python3", "-V"]
+    script = command[6]
+    for mount_point in ("/project", "/report", "/oldroot"):
+        assert mount_point in script
+    assert "pivot_root" in script and "umount -l /oldroot" in script

@@ -10,7 +10,8 @@ import pytest
 
 from sysgenid_async import uapi
 
-KERNEL_HEADER = Path(__file__).resolve().parent.parent / "kernel" / "sysgenid.h"
+KERNEL = Path(__file__).resolve().parent.parent / "kernel"
+UAPI = KERNEL / "uapi"
 
 
 def test_ioctl_numbers_match_the_c_macros(tmp_path: Path) -> None:
@@ -19,16 +20,18 @@ def test_ioctl_numbers_match_the_c_macros(tmp_path: Path) -> None:
     names = list(uapi.IOCTL_NUMBERS)
     program = tmp_path / "numbers.c"
     program.write_text(
-        "#include <stdio.h>\n#include <linux/ioctl.h>\n"
-        # the project's uapi header is checked too: the module is built from it
-        f'#include "{KERNEL_HEADER}"\n'
+        # the project's userspace header, included as a C program would after install-header;
+        # it brings <linux/ioctl.h> itself, and the module is built from it
+        "#include <stdio.h>\n#include <sysgenid.h>\n"
+        "_Static_assert(sizeof(sysgenid_generation_t) == 4, \"the generation is a u32\");\n"
         "int main(void) {\n"
         + "".join(f'    printf("%s %lu\\n", "{name}", (unsigned long){name});\n' for name in names)
         + "    printf(\"_IO_2d_1 %lu\\n\", (unsigned long)_IO(0x2d, 1));\n"
         + "    return 0;\n}\n"
     )
     binary = tmp_path / "numbers"
-    subprocess.run([compiler, "-Wall", "-Werror", "-o", str(binary), str(program)], check=True)
+    subprocess.run([compiler, "-std=c11", "-pedantic", "-Wall", "-Wextra", "-Werror", f"-I{UAPI}", "-o", str(binary),
+                    str(program)], check=True)
     output = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout
     from_c = {name: int(value) for name, value in (line.split() for line in output.splitlines())}
     assert from_c.pop("_IO_2d_1") == uapi._IO(0x2D, 1)
@@ -53,3 +56,12 @@ def test_the_abi_enum_names_each_request() -> None:
     assert uapi.Abi.V4.trigger_request == uapi.SYSGENID_FORCE_GEN_UPDATE
     assert uapi.Abi.V8.trigger_request == uapi.SYSGENID_V8_TRIGGER_GEN_UPDATE
     assert uapi.Abi.V4.every_fd_is_a_watcher and not uapi.Abi.V8.every_fd_is_a_watcher
+
+
+def test_install_header_puts_the_userspace_abi_where_c_programs_find_it(tmp_path: Path) -> None:
+    assert shutil.which("make"), "make is needed to check the header's install target"
+    subprocess.run(["make", "-s", "-C", str(KERNEL), "install-header", f"DESTDIR={tmp_path}", "PREFIX=/usr"],
+                   check=True)
+    installed = tmp_path / "usr" / "include" / "sysgenid.h"
+    assert installed.read_text() == (UAPI / "sysgenid.h").read_text()
+    assert "__KERNEL__" not in installed.read_text()  # nothing kernel-only in what users include

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The clone test: snapshot a running service, restore it as clones, prove they diverge.
 
-1. Builds our module for Debian's generic kernel (it has CONFIG_VMGENID) and a
+1. Builds our module for Debian's generic kernel (it has CONFIG_VMGENID; the host's, or
+   with ``--kernel sid`` the newest Debian kernel, built in that suite's root) and a
    self-contained initramfs: busybox, the module, Debian's python3.11 with a trimmed
    standard library, the library and its dependencies, and kernel/vm/clone_service.py.
 2. Boots it under QEMU with ``-device vmgenid``; waits for the service's READY.
@@ -37,10 +38,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # suites.py, beside this script
+import suites
+
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent
-PACKAGES = ["qemu-system-x86", "linux-image-amd64", "linux-headers-amd64", "busybox-static", "cpio", "kmod",
+PACKAGES = ["qemu-system-x86", "busybox-static", "cpio", "kmod",
             "python3.11"]  # Debian's interpreter and standard library, for the guest's root
+HOST_KERNEL_PACKAGES = ["linux-image-amd64", "linux-headers-amd64"]  # the host's generic kernel
 PYTHON = Path("/usr/bin/python3.11")  # Debian's: libpython linked in, few shared libraries
 STDLIB_LEFT_OUT = {
     "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "distutils",
@@ -58,8 +63,8 @@ def log(message: str) -> None:
     print(f"[clones] {message}", flush=True)
 
 
-def ensure_packages() -> None:
-    missing = [p for p in PACKAGES if "install ok installed" not in subprocess.run(
+def ensure_packages(packages: list[str]) -> None:
+    missing = [p for p in packages if "install ok installed" not in subprocess.run(
         ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True, check=False).stdout]
     if missing:
         log(f"installing {' '.join(missing)}")
@@ -68,26 +73,22 @@ def ensure_packages() -> None:
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env)
 
 
-def generic_kernel() -> str:
-    for release in sorted(os.listdir("/lib/modules"), reverse=True):
-        if release.endswith("-amd64") and "cloud" not in release and Path(f"/lib/modules/{release}/build").exists():
-            config = Path(f"/boot/config-{release}").read_text()
-            if "CONFIG_VMGENID=y" in config and Path(f"/boot/vmlinuz-{release}").exists():
-                return release
-    sys.exit("[clones] no generic kernel with CONFIG_VMGENID and headers (linux-image-amd64, linux-headers-amd64)")
+def generic_kernel(suite: str) -> suites.Kernel:
+    try:
+        kernel = suites.suite_kernel(suite, "generic")
+    except suites.SuiteError as exc:
+        sys.exit(f"[clones] {exc}")
+    if "CONFIG_VMGENID=y" not in kernel.config.read_text():
+        sys.exit(f"[clones] {kernel.release} has no CONFIG_VMGENID: clones would not notice their restore")
+    return kernel
 
 
-def build_module(kver: str, work: Path) -> Path:
-    build = work / "module"
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
-    for name in ("sysgenid.c", "sysgenid.h", "Kbuild"):
-        shutil.copy(PROJECT / "kernel" / name, build)
-    done = subprocess.run(["make", "-C", f"/lib/modules/{kver}/build", f"M={build}", "W=1", "modules"],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0 or "warning:" in done.stdout + done.stderr:
-        sys.exit(f"[clones] module build failed:\n{done.stdout}{done.stderr}")
-    return build / "sysgenid.ko"
+def build_module(kernel: suites.Kernel, work: Path) -> Path:
+    try:
+        module, _ = suites.build_module(kernel, PROJECT / "kernel", work / "module", [])
+    except suites.SuiteError as exc:
+        sys.exit(f"[clones] {exc}")
+    return module
 
 
 def shared_libraries(binary: Path) -> list[Path]:
@@ -181,7 +182,7 @@ class Qmp:
 class Vm:
     """One QEMU process: its serial lines, its QMP, killed by PID when done."""
 
-    def __init__(self, name: str, kver: str, image: Path, work: Path, *, guid: str = "auto",
+    def __init__(self, name: str, kernel: suites.Kernel, image: Path, work: Path, *, guid: str = "auto",
                  incoming: Path | None = None, append: str = "") -> None:
         self.name = name
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
@@ -191,7 +192,7 @@ class Vm:
         command = [
             "qemu-system-x86_64", "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
             "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512",
-            "-kernel", f"/boot/vmlinuz-{kver}", "-initrd", str(image),
+            "-kernel", str(kernel.vmlinuz), "-initrd", str(image),
             "-append", f"console=ttyS0 quiet panic=-1 {append}".strip(),
             "-serial", "stdio", "-device", f"vmgenid,guid={guid}",
             "-qmp", f"unix:{qmp},server=on,wait=off",
@@ -267,9 +268,9 @@ def report_of(line: str) -> dict[str, Any]:
     return json.loads(line.split(" ", 1)[1])  # type: ignore[no-any-return]
 
 
-def restore(name: str, kver: str, image: Path, work: Path, snapshot: Path, *, guid: str = "auto",
+def restore(name: str, kernel: suites.Kernel, image: Path, work: Path, snapshot: Path, *, guid: str = "auto",
             snapshot_after: Path | None = None, expect_report: bool = True) -> dict[str, Any]:
-    with vm(name, kver, image, work, guid=guid, incoming=snapshot) as clone:
+    with vm(name, kernel, image, work, guid=guid, incoming=snapshot) as clone:
         started = clone.resume()
         if not expect_report:
             _, alive = clone.wait_for(r"^ALIVE ", 60)
@@ -289,9 +290,9 @@ def restore(name: str, kver: str, image: Path, work: Path, snapshot: Path, *, gu
         return result
 
 
-def boot_and_snapshot(name: str, kver: str, image: Path, work: Path, append: str = "") -> tuple[Path, str]:
+def boot_and_snapshot(name: str, kernel: suites.Kernel, image: Path, work: Path, append: str = "") -> tuple[Path, str]:
     snapshot = work / f"{name}.snapshot"
-    with vm(name, kver, image, work, append=append) as source:
+    with vm(name, kernel, image, work, append=append) as source:
         _, backend = source.wait_for(r"CLONE-INIT: backend", 120)
         if not backend.endswith("vmgenid"):
             sys.exit(f"[clones] the module is not following the VM generation: {backend}")
@@ -307,15 +308,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clones", type=int, default=2)
     parser.add_argument("--no-install", action="store_true")
+    parser.add_argument("--kernel", default=suites.HOST, choices=[suites.HOST, *suites.SUITES],
+                        help="the host's generic kernel (default) or that Debian suite's")
     args = parser.parse_args()
     started = time.monotonic()
     if not args.no_install:
-        ensure_packages()
-    kver = generic_kernel()
-    work = PROJECT / "build" / "clones"
+        ensure_packages(PACKAGES + (HOST_KERNEL_PACKAGES if args.kernel == suites.HOST else []))
+    kernel = generic_kernel(args.kernel)
+    log(f"kernel {kernel.release} ({args.kernel})")
+    work = PROJECT / "build" / ("clones" if args.kernel == suites.HOST else f"clones-{args.kernel}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    image = build_image(build_module(kver, work), work)
+    image = build_image(build_module(kernel, work), work)
 
     failures: list[str] = []
 
@@ -324,9 +328,9 @@ def main() -> int:
             failures.append(message)
             log(f"FAIL: {message}")
 
-    snapshot, guid = boot_and_snapshot("source", kver, image, work)
+    snapshot, guid = boot_and_snapshot("source", kernel, image, work)
     clones = [
-        restore(f"clone-{i}", kver, image, work, snapshot,
+        restore(f"clone-{i}", kernel, image, work, snapshot,
                 snapshot_after=work / "clone-1.snapshot" if i == 1 else None)
         for i in range(1, args.clones + 1)
     ]
@@ -347,27 +351,27 @@ def main() -> int:
     check(len({c["racing_prefix"] for c in clones}) == len(clones),
           "a request racing the hooks at resume got the same bound value in every clone")
 
-    grandchild = restore("clone-1-1", kver, image, work, work / "clone-1.snapshot")
+    grandchild = restore("clone-1-1", kernel, image, work, work / "clone-1.snapshot")
     check(grandchild["generation"] == 2, f"clone of a clone: generation {grandchild['generation']}, expected 2")
 
-    same = restore("same-guid", kver, image, work, snapshot, guid=guid, expect_report=False)
+    same = restore("same-guid", kernel, image, work, snapshot, guid=guid, expect_report=False)
     check(not same["reports"] and same["generations"] == [0], f"same GUID: {same['reports'] or same['generations']}")
 
-    control_snapshot, _ = boot_and_snapshot("noreseed", kver, image, work, append="noreseed")
-    controls = [restore(f"noreseed-{i}", kver, image, work, control_snapshot) for i in (1, 2)]
+    control_snapshot, _ = boot_and_snapshot("noreseed", kernel, image, work, append="noreseed")
+    controls = [restore(f"noreseed-{i}", kernel, image, work, control_snapshot) for i in (1, 2)]
     check(len({c["random"] for c in controls}) == 1, "without the reseed hook, random should be identical")
     check(len({c["racing_prefix"] for c in controls}) == 1,
           "without the reseed hook, the racing request's prefix should be identical (the check can fail)")
     check(len({c["secret"] for c in controls}) == 2, "the generation-bound secret must differ even so")
 
     # The backend in the other personality: the shipped v8 ABI (no count of late watchers).
-    v8_snapshot, _ = boot_and_snapshot("v8", kver, image, work, append="sgabi=8")
-    v8 = restore("v8-clone", kver, image, work, v8_snapshot)
+    v8_snapshot, _ = boot_and_snapshot("v8", kernel, image, work, append="sgabi=8")
+    v8 = restore("v8-clone", kernel, image, work, v8_snapshot)
     check(v8["generation"] == 1 and v8["hook_runs"] == 1, f"v8: generation {v8['generation']}, hooks {v8['hook_runs']}")
     check(v8["orchestrator"] == "caught-up" and v8["late_watchers"] is None, f"v8: orchestrator {v8['orchestrator']}")
 
     latencies = sorted(c["cont_to_report_ms"] for c in [*clones, grandchild, *controls, v8])
-    results = {"kernel": kver, "clones": clones, "clone_of_clone": grandchild, "same_guid": same,
+    results = {"kernel": kernel.release, "clones": clones, "clone_of_clone": grandchild, "same_guid": same,
                "noreseed": controls, "v8": v8, "cont_to_report_ms": latencies, "failures": failures,
                "seconds": round(time.monotonic() - started, 1)}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -9,6 +9,12 @@ One command does the whole job (``nox -s kernel`` calls it):
    virtiofs and a fresh report directory shared writable;
 4. in the guest, one pytest process runs the device tests against the module, loading
    it once per ABI;
+
+``--kernel trixie`` or ``--kernel sid`` boots that Debian suite's cloud kernel instead of
+the host's, with the module built in that suite's root (its compiler and headers; see
+kernel/vm/suites.py). ``--root sid`` runs the tests with a Python of the sid root (the
+guest chroots into it), for example ``--root sid --python /opt/venvs/3.15/bin/python``.
+
 5. bring back the JUnit report and the exit status; fail on a boot failure, a timeout,
    or a kernel warning or oops in the guest's log.
 
@@ -28,6 +34,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # suites.py, beside this script
+import suites
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent
@@ -79,62 +88,57 @@ def ensure_packages() -> None:
     )
 
 
-def find_kernel() -> str:
-    modules = Path("/lib/modules")
-    releases = sorted(
-        p.name for p in modules.iterdir() if p.name.endswith("-cloud-amd64") and (p / "build").exists()
-    ) if modules.exists() else []
-    for release in reversed(releases):
-        if Path(f"/boot/vmlinuz-{release}").exists():
-            return release
-    sys.exit("[guest] no Debian cloud kernel with headers (linux-image-cloud-amd64, linux-headers-cloud-amd64)")
-
-
-def build_module(source: Path, kver: str, build_dir: Path, make_args: list[str]) -> Path:
+def build_module(source: Path, kernel: suites.Kernel, build_dir: Path, make_args: list[str]) -> Path:
     """Build a module from a directory with a Kbuild file; warnings fail the build."""
-    if build_dir.exists():
-        shutil.rmtree(build_dir)
-    shutil.copytree(source, build_dir, ignore=shutil.ignore_patterns("vm", "*.o", "*.ko", ".*.cmd", "dkms*"))
-    result = subprocess.run(
-        ["make", "-C", f"/lib/modules/{kver}/build", f"M={build_dir}", "W=1", *make_args, "modules"],
-        capture_output=True, text=True, check=False,
-    )
-    output = result.stdout + result.stderr
-    (build_dir / "build.log").write_text(output)
-    warnings = [line for line in output.splitlines() if "warning:" in line or "error:" in line]
-    if result.returncode != 0 or warnings:
-        print(output, file=sys.stderr)
-        sys.exit(f"[guest] module build failed ({len(warnings)} warnings/errors)")
-    built = sorted(build_dir.glob("*.ko"))
-    if len(built) != 1:
-        sys.exit(f"[guest] expected one .ko in {build_dir}, found {[p.name for p in built]}")
-    log(f"built {built[0].name} for {kver} with W=1 {' '.join(make_args)}: no warnings")
-    return built[0]
+    try:
+        built, _ = suites.build_module(kernel, source, build_dir, make_args)
+    except suites.SuiteError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(f"[guest] module build for {kernel.release} failed")
+    log(f"built {built.name} for {kernel.release} with W=1 {' '.join(make_args)}: no warnings")
+    return built
 
 
-def resolve_module(spec: str | None, kver: str, work: Path, make_args: list[str]) -> Path:
+def resolve_module(spec: str | None, kernel: suites.Kernel, work: Path, make_args: list[str]) -> Path:
     if spec is None:
-        return build_module(MODULE_SOURCE, kver, work / "module", make_args)
+        return build_module(MODULE_SOURCE, kernel, work / "module", make_args)
     path = Path(spec).resolve()
     if path.is_file() and path.suffix == ".ko":
         return path
     if path.is_dir() and ((path / "Kbuild").exists() or (path / "Makefile").exists()):
-        return build_module(path, kver, work / "module", make_args)
+        return build_module(path, kernel, work / "module", make_args)
     sys.exit(f"[guest] --module {spec}: not a .ko file or a source directory with a Kbuild file")
 
 
-def guest_job(args: argparse.Namespace, module: Path, out: Path) -> str:
-    """The script the guest runs, as root, from the project directory."""
-    if args.script:  # another program than the test suite (the benchmarks), told where things are
-        command = [str(args.script), f"--kernel-module={module}", f"--out={out}", *args.pytest_args]
+def guest_job(args: argparse.Namespace, module: Path, out: Path, root: Path | None = None) -> str:
+    """The script the guest runs, as root, from the project directory.
+
+    With ``root`` (a suite's root, on the read-only host share), it runs in that root,
+    the project at /project and the report directory at /report.
+    """
+    if root is not None:
+        module = Path(suites.REPORT_MOUNT) / module.relative_to(out)
+        report = Path(suites.REPORT_MOUNT)
     else:
-        command = _pytest_command(args, module, out)
+        report = out
+    if args.script:  # another program than the test suite (the benchmarks), told where things are
+        command = [str(args.script), f"--kernel-module={module}", f"--out={report}", *args.pytest_args]
+    else:
+        command = _pytest_command(args, module, report)
+    environment = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "SYSGENID_REPORT_DIR": str(report)}
+    if root is None:
+        setup = [f"cd {shlex.quote(str(PROJECT))}", f"export {shlex.join(f'{k}={v}' for k, v in environment.items())}"]
+        run = shlex.join([args.python, *command])
+    else:
+        setup = []
+        run = shlex.join(suites.enter_root_command(
+            root, PROJECT, out, suites.PROJECT_MOUNT,
+            ["/usr/bin/env", *(f"{k}={v}" for k, v in environment.items()), args.python, *command]))
     return "\n".join([
         "set -u",
-        f"cd {shlex.quote(str(PROJECT))}",
-        f"export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 SYSGENID_REPORT_DIR={shlex.quote(str(out))}",
+        *setup,
         "echo 7 > /proc/sys/kernel/printk",
-        f"{shlex.quote(args.python)} {shlex.join(command)}",
+        run,
         "rc=$?",
         f"dmesg > {shlex.quote(str(out / 'dmesg.txt'))}",
         "exit $rc",
@@ -192,7 +196,7 @@ class Guest:
                     process.wait()
 
 
-def boot(args: argparse.Namespace, kver: str, initrd: Path, out: Path, run_dir: Path) -> tuple[int, float]:
+def boot(args: argparse.Namespace, kernel: suites.Kernel, initrd: Path, out: Path, run_dir: Path) -> tuple[int, float]:
     virtiofsd = next((c for c in VIRTIOFSD_CANDIDATES if os.access(c, os.X_OK)), shutil.which("virtiofsd"))
     if virtiofsd is None:
         sys.exit("[guest] no virtiofsd (package qemu-system-common)")
@@ -210,7 +214,7 @@ def boot(args: argparse.Namespace, kver: str, initrd: Path, out: Path, run_dir: 
             "qemu-system-x86_64", "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
             "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", str(args.smp), "-m", f"{args.memory}",
             "-object", f"memory-backend-memfd,id=mem,size={args.memory}M,share=on", "-numa", "node,memdev=mem",
-            "-serial", "stdio", "-kernel", f"/boot/vmlinuz-{kver}", "-initrd", str(initrd),
+            "-serial", "stdio", "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
             "-chardev", f"socket,id=croot,path={root_socket}",
             "-device", "vhost-user-fs-pci,chardev=croot,tag=hostroot",
             "-chardev", f"socket,id=cout,path={out_socket}",
@@ -257,8 +261,8 @@ def boot(args: argparse.Namespace, kver: str, initrd: Path, out: Path, run_dir: 
         guest.stop()
 
 
-def build_initramfs(kver: str, initrd: Path) -> None:
-    subprocess.run([str(HERE / "mkinitramfs.sh"), kver, str(initrd)], check=True)
+def build_initramfs(kernel: suites.Kernel, initrd: Path) -> None:
+    subprocess.run([str(HERE / "mkinitramfs.sh"), kernel.release, str(initrd), str(kernel.modules_base)], check=True)
 
 
 def prepare_report_directory(path: Path) -> Path:
@@ -288,7 +292,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="--module is not ours: the shipped driver it is (its known quirks are expected)")
     parser.add_argument("--make-arg", action="append", default=[], metavar="VAR=VALUE",
                         help="passed to make when building from source, e.g. FIXED_ABI=8")
-    parser.add_argument("--python", default=sys.executable, help="the interpreter to run pytest with in the guest")
+    parser.add_argument("--python", default=sys.executable,
+                        help="the interpreter to run pytest with in the guest (with --root: its path in that root)")
+    parser.add_argument("--kernel", default=suites.HOST, choices=[suites.HOST, *suites.SUITES],
+                        help="boot the host's cloud kernel (default) or that Debian suite's")
+    parser.add_argument("--root", choices=suites.SUITES,
+                        help="run the tests chrooted in that suite's root (its Python: see --python)")
     parser.add_argument("--out", type=Path, help="report directory (default: a fresh one under build/guest)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before the guest is killed")
     parser.add_argument("--memory", type=int, default=1024, help="guest memory in MiB")
@@ -306,18 +315,28 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if not args.no_install:
         ensure_packages()
-    kver = find_kernel()
+    try:
+        kernel = suites.suite_kernel(args.kernel, "cloud")
+        root = suites.ensure_root(args.root) if args.root else None
+    except suites.SuiteError as exc:
+        sys.exit(f"[guest] {exc}")
+    if root is not None and not os.path.lexists(root / args.python.lstrip("/")):
+        sys.exit(f"[guest] --python {args.python}: not in the {args.root} root (kernel/vm/suites.py venv makes one)")
     WORK.mkdir(parents=True, exist_ok=True)  # the initramfs lives here, whatever --out says
     out = prepare_report_directory(args.out or WORK / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     run_dir = out / "run"
     run_dir.mkdir()
-    module = resolve_module(args.module, kver, out / "build", args.make_arg)
-    initrd = WORK / f"initrd-{kver}.cpio.gz"
+    module = resolve_module(args.module, kernel, out / "build", args.make_arg)
+    if root is not None and not module.is_relative_to(out):
+        (out / "build").mkdir(exist_ok=True)
+        module = Path(shutil.copy(module, out / "build" / module.name))  # the root sees only /report
+    initrd = WORK / f"initrd-{kernel.release}.cpio.gz"
     if not initrd.exists():
-        build_initramfs(kver, initrd)
-    (out / "job.sh").write_text(guest_job(args, module, out))
-    log(f"booting {kver} under QEMU (TCG); reports in {out}")
-    qemu_status, elapsed = boot(args, kver, initrd, out, run_dir)
+        build_initramfs(kernel, initrd)
+    (out / "job.sh").write_text(guest_job(args, module, out, root))
+    python = f"{args.root} root's {args.python}" if root else args.python
+    log(f"booting {kernel.release} under QEMU (TCG), tests on {python}; reports in {out}")
+    qemu_status, elapsed = boot(args, kernel, initrd, out, run_dir)
 
     console = (out / "console.log").read_text(errors="replace")
     dmesg_path = out / "dmesg.txt"
