@@ -24,7 +24,7 @@ nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = [
     "lint", "typecheck", "docs", "tests", "tests-sid", "kernel", "kernel-host", "kernel-trixie", "kernel-fixed-abi",
-    "dkms", "clones", "clones-sid", "bench-smoke",
+    "dkms", "clones", "clones-sid", "bench-smoke", "matrix",
 ]
 
 
@@ -184,6 +184,14 @@ def dkms(session: nox.Session) -> None:
     for suite in ("trixie", "sid"):
         session.run("python3", "kernel/vm/suites.py", "run", suite, "--", "bash", "/project/kernel/dkms-check.sh",
                     *session.posargs, external=True)
+
+
+@nox.session(python=False)
+def matrix(session: nox.Session) -> None:
+    """The table of kernels and Pythons tested, from the guest and clone runs' reports;
+    ``-- --docs`` puts it in docs/kernel-module.md."""
+    docs = ["--docs", "docs/kernel-module.md"] if "--docs" in session.posargs else []
+    session.run("python3", "kernel/vm/matrix.py", *docs, external=True)
 
 
 @nox.session(python=GUEST_PYTHON)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -96,6 +97,24 @@ def _mark_for_driver(item: pytest.Item, spec: BackendSpec) -> bool:
             driver = spec.flavour.value if spec.flavour else "this driver"
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"{driver}: {quirk.description}"))
     return True
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In a guest run, record where the suite ran: the kernel/vm/matrix.py table reads it."""
+    directory = os.environ.get("SYSGENID_REPORT_DIR")
+    if not directory:
+        return
+    userland = "unknown"
+    try:
+        with open("/etc/os-release") as release:
+            for line in release:
+                if line.startswith("PRETTY_NAME="):
+                    userland = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    environment = {"python": platform.python_version(), "kernel": os.uname().release, "userland": userland}
+    with open(os.path.join(directory, "environment.json"), "w") as out:
+        json.dump(environment, out)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

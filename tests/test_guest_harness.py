@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -294,3 +295,60 @@ def test_entering_a_root_binds_the_project_and_the_report(suites: ModuleType, tm
     for mount_point in ("/project", "/report", "/oldroot"):
         assert mount_point in script
     assert "pivot_root" in script and "umount -l /oldroot" in script
+
+
+# -- the table of tested kernels (kernel/vm/matrix.py) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def matrix() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("matrix", HARNESS.parent / "matrix.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(build: Path, name: str, **fields: object) -> None:
+    directory = build / "guest" / name
+    directory.mkdir(parents=True)
+    summary = {"kernel": "7.2.13+deb14-cloud-amd64", "kernel_suite": "sid", "python": "3.15.2",
+               "userland": "Debian GNU/Linux forky/sid", "make_args": [], "abis": "v4,v8", "flavours": "",
+               "selection": "every device test", "tests": {"passed": 1200, "failed": 0, "skipped": 12}, "status": 0}
+    (directory / "summary.json").write_text(json.dumps({**summary, **fields}))
+
+
+def test_the_table_says_what_ran_where(matrix: ModuleType, tmp_path: Path) -> None:
+    _summary(tmp_path, "kernel", flavours="amazon-linux,v4-patch")
+    _summary(tmp_path, "kernel-trixie", kernel="6.12.117+deb13-cloud-amd64", kernel_suite="trixie", python="3.11.7",
+             selection=["tests/test_conformance.py", "tests/test_model.py"], status=1,
+             tests={"passed": 10, "failed": 2, "skipped": 0})
+    (tmp_path / "clones-sid").mkdir()
+    (tmp_path / "clones-sid" / "results.json").write_text(json.dumps(
+        {"kernel": "7.2.13+deb14-amd64", "clones": [{}, {}], "failures": []}))
+    text = matrix.table(tmp_path)
+    lines = text.splitlines()
+    assert lines[0].startswith("| Kernel |") and len(lines) == 5
+    assert "| `7.2.13+deb14-cloud-amd64` | Debian sid | the whole device suite; ABIs v4,v8, flavours amazon-linux," \
+        in text
+    assert "| 1,200 passed, 12 skipped | pass |" in text
+    assert "conformance (conformance, model)" in text and "| 10 passed, 2 failed | FAIL (1) |" in text
+    assert "| `7.2.13+deb14-amd64` | Debian sid | the clone test: 2 clones" in text
+
+
+def test_the_table_goes_between_the_markers(matrix: ModuleType, tmp_path: Path) -> None:
+    document = tmp_path / "page.md"
+    document.write_text(f"# Kernels\n\nbefore\n{matrix.START}\nold table\n{matrix.END}\nafter\n")
+    matrix.update_docs(document, "| new |\n")
+    content = document.read_text()
+    assert "old table" not in content and "| new |\n" in content
+    assert content.startswith("# Kernels\n\nbefore\n") and content.endswith(f"{matrix.END}\nafter\n")
+    unmarked = tmp_path / "other.md"
+    unmarked.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- tested-kernels:start -->"):
+        matrix.update_docs(unmarked, "| new |\n")
+    assert unmarked.read_text() == "no markers\n"
+
+
+def test_no_reports_is_an_error_not_an_empty_table(matrix: ModuleType, tmp_path: Path) -> None:
+    assert matrix.main(["--build", str(tmp_path)]) == 1

@@ -25,6 +25,7 @@ Standard library only: it runs before anything is installed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -33,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # suites.py, beside this script
@@ -265,6 +267,38 @@ def build_initramfs(kernel: suites.Kernel, initrd: Path) -> None:
     subprocess.run([str(HERE / "mkinitramfs.sh"), kernel.release, str(initrd), str(kernel.modules_base)], check=True)
 
 
+def junit_counts(junit: Path) -> dict[str, int] | None:
+    """passed, failed, skipped from a JUnit report (pytest's: one testsuite, or testsuites)."""
+    if not junit.exists():
+        return None
+    suites_ = ElementTree.parse(junit).getroot()
+    suite_list = [suites_] if suites_.tag == "testsuite" else list(suites_.iter("testsuite"))
+    total = {key: sum(int(suite.get(key, 0)) for suite in suite_list) for key in ("tests", "failures", "errors",
+                                                                                  "skipped")}
+    failed = total["failures"] + total["errors"]
+    return {"passed": total["tests"] - failed - total["skipped"], "failed": failed, "skipped": total["skipped"]}
+
+
+def write_summary(out: Path, args: argparse.Namespace, kernel: suites.Kernel, status: int) -> None:
+    """summary.json: what ran where, for the table of tested kernels (kernel/vm/matrix.py)."""
+    environment_path = out / "environment.json"
+    environment = json.loads(environment_path.read_text()) if environment_path.exists() else {}
+    summary = {
+        "kernel": kernel.release,
+        "kernel_suite": kernel.suite,
+        "python": environment.get("python"),
+        "userland": environment.get("userland"),
+        "module": args.module or "kernel/ (W=1, no warnings)",
+        "make_args": args.make_arg,
+        "abis": args.abi,
+        "flavours": args.flavours,
+        "selection": [a for a in args.pytest_args if a.startswith("tests/")] or "every device test",
+        "tests": junit_counts(out / "junit.xml"),
+        "status": status,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def prepare_report_directory(path: Path) -> Path:
     """A fresh, empty report directory at ``path``; an earlier report there is replaced.
 
@@ -352,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"figures: {line}")
     log(f"guest part took {elapsed:.1f} s (QEMU start to exit); whole run {time.monotonic() - started:.1f} s")
     log(f"JUnit report: {junit if junit.exists() else 'missing'}")
+    status = verdict(args, qemu_status, job_status, trouble, console)
+    write_summary(out, args, kernel, status)
+    return status
+
+
+def verdict(args: argparse.Namespace, qemu_status: int, job_status: int | None, trouble: list[str],
+            console: str) -> int:
+    """The run's exit status, said in words too."""
     if qemu_status == 124:
         return 124
     if job_status is None:
