@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import warnings
 from collections.abc import Iterator
@@ -160,6 +163,30 @@ def test_wait_watchers_outcomes(backend: Backend, device: Device) -> None:
         assert device.wait_watchers(0.05) is WaitResult.TIMED_OUT
         other.ack(new)
         assert device.wait_watchers(5) is WaitResult.CAUGHT_UP
+
+
+@pytest.mark.kernel_only
+@pytest.mark.once_per_abi
+def test_the_fcntl_trap_is_real_on_this_python(backend: Backend) -> None:
+    """Why the library's ioctls go through ctypes: from Python 3.14 on, fcntl.ioctl retries
+    the EINTR that WAIT_WATCHERS returns to an outdated caller, so the call never returns."""
+    script = textwrap.dedent(f"""
+        import fcntl, os
+        fd = os.open({backend.path!r}, os.O_RDWR)
+        fcntl.ioctl(fd, {backend.abi.trigger_request}, 0)  # this file is now outdated
+        try:
+            fcntl.ioctl(fd, {backend.abi.wait_watchers_request}, 0)
+        except InterruptedError:
+            print("EINTR")
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        outcome = "retried without end"
+    else:
+        assert done.returncode == 0, done.stderr
+        outcome = done.stdout.strip()
+    assert outcome == ("retried without end" if sys.version_info >= (3, 14) else "EINTR")
 
 
 @pytest.mark.parametrize(("timeout", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)])

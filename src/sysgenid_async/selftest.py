@@ -205,7 +205,8 @@ _TRIGGER_CHECKS = (
 
 
 MODULE_PARAMETERS = "/sys/module/sysgenid/parameters"
-MISC_DEVICE_NUMBER = "/sys/class/misc/sysgenid/dev"
+MISC_DEVICE = "/sys/class/misc/sysgenid"
+MISC_DEVICE_NUMBER = f"{MISC_DEVICE}/dev"
 
 _FLAVOUR_MEANING = {
     "sysgenid-async": "the project's module",
@@ -214,9 +215,9 @@ _FLAVOUR_MEANING = {
 }
 
 
-def _module_parameter(name: str) -> str | None:
+def _module_parameter(name: str, directory: str = MODULE_PARAMETERS) -> str | None:
     try:
-        with open(os.path.join(MODULE_PARAMETERS, name)) as parameter:
+        with open(os.path.join(directory, name)) as parameter:
             return parameter.read().strip()
     except OSError:
         return None
@@ -240,7 +241,7 @@ def _module_results(path: str) -> Iterator[CheckResult]:
         yield CheckResult("driver", "skip", "not the project's module (it does not say which it is)")
     else:
         yield CheckResult("driver", "pass", _FLAVOUR_MEANING.get(flavour, f"flavour {flavour}"))
-    backend = _module_parameter("backend") if ours else None
+    backend = _module_parameter("backend", MISC_DEVICE) if ours else None  # an attribute of the device
     if backend is None:
         yield CheckResult("VM generation backend", "skip", "the driver does not say")
         return
