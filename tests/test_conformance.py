@@ -19,6 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -542,3 +543,40 @@ def test_a_signal_during_wait_watchers(backend: Backend, opened: Callable[..., R
         assert code == errno.EINTR, "the signal ends the wait"
         assert elapsed < 60, "long before the timeout"
     ack(other, new)
+
+
+# -- 32-bit programs ----------------------------------------------------------------------------
+
+ABI32_SOURCE = Path(__file__).resolve().parent / "c" / "abi32.c"
+UAPI_HEADERS = Path(__file__).resolve().parent.parent / "kernel" / "uapi"
+
+
+@pytest.fixture(scope="module")
+def abi32_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/c/abi32.c built as a static 32-bit x86 program (gcc-multilib)."""
+    binary = tmp_path_factory.mktemp("abi32") / "abi32"
+    built = subprocess.run(
+        ["gcc", "-m32", "-static", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{UAPI_HEADERS}", "-o", str(binary),
+         str(ABI32_SOURCE)],
+        capture_output=True, text=True, check=False,
+    )
+    assert built.returncode == 0, f"gcc -m32 (package gcc-multilib) failed:\n{built.stderr}"
+    assert binary.read_bytes()[4] == 1, "not an ELFCLASS32 program"
+    return binary
+
+
+@pytest.mark.kernel_only
+@pytest.mark.breaks_on(Quirk.SIGNED_COUNTER)
+def test_a_32_bit_program_speaks_the_same_abi(backend: Backend, abi32_program: Path) -> None:
+    # Through the compat ioctl path every argument is an integer, zero-extended: a minimum of
+    # 2**31 and above arrives whole, and the answers are those of a 64-bit caller.
+    if backend.generation >= 0x70000000:  # start low, so that the minimum decides the value
+        backend.bump(0xFFFFFFFF)
+        backend.bump()
+    current = backend.generation
+    minimum = 0x80000000 | ((current + 5) & 0x7FFFFFFF)
+    done = subprocess.run([str(abi32_program), backend.path, backend.abi.value[1:], str(minimum)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f"generation={minimum}", f"wait={errno.EINTR}", "ack=4"]
+    assert backend.generation == minimum

@@ -53,6 +53,7 @@ APT_PACKAGES = [
     "kmod",
     "util-linux",
     "iproute2",
+    "gcc-multilib",  # the 32-bit test program, built in the guest
 ]
 VIRTIOFSD_CANDIDATES = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
 # What the guest's kernel log must never show. Case-sensitive, whole words: the kernel

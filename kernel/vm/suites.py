@@ -38,7 +38,7 @@ HOST = "host"  # the host's own kernel and Python: nothing to fetch
 # with openssl (it makes a MOK key pair and signs the modules it builds).
 BUILD_PACKAGES = ["make", "gcc", "perl", "kmod", "mount", "dkms", "openssl", "linux-headers-cloud-amd64"]
 # What the device tests run in the guest need from a root whose Python runs them.
-GUEST_PACKAGES = ["util-linux", "iproute2", "procps"]
+GUEST_PACKAGES = ["util-linux", "iproute2", "procps", "gcc-multilib"]
 SUITE_PACKAGES = {
     "trixie": BUILD_PACKAGES,
     "sid": [*BUILD_PACKAGES, "linux-headers-amd64", *GUEST_PACKAGES,
