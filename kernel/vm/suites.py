@@ -124,7 +124,7 @@ def ensure_root(suite: str) -> Path:
     """The suite's root, made with mmdebstrap when missing or made with other packages."""
     check_suite(suite)
     if os.geteuid() != 0:
-        raise SuiteError("making a suite's root needs root (mmdebstrap, chroot)")
+        raise SuiteError("a suite's root needs root to make and enter (mmdebstrap, mount namespaces)")
     root = root_path(suite)
     wanted = {"suite": suite, "packages": SUITE_PACKAGES[suite]}
     stamp = root / STAMP
