@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import KERNEL_PATH, NOBODY, Backend, KernelBackend
+from backends import KERNEL_PATH, NOBODY, Backend, KernelBackend, start_low, top_of
 from sysgenid_async import uapi
 from sysgenid_async.rawfile import RawFile
 from sysgenid_async.testing import TRIGGER_CAPABILITIES, Quirk
@@ -244,12 +244,6 @@ def test_a_private_mapping(backend: Backend, opened: Callable[..., RawFile]) -> 
 # -- trigger ------------------------------------------------------------------------------
 
 
-def start_low(backend: Backend) -> None:
-    """Bring the counter to 0, whatever earlier tests left (the module keeps it between tests)."""
-    backend.bump(top_of(backend))
-    assert backend.bump(0) == 0
-
-
 def test_trigger_sets_max_of_minimum_and_next(backend: Backend, opened: Callable[..., RawFile]) -> None:
     raw = opened()
     start_low(backend)
@@ -274,11 +268,6 @@ def test_the_generation_wraps_at_u32(backend: Backend, opened: Callable[..., Raw
     assert backend.generation == 0
     assert read_gen(raw) == 0
     ack(raw, 0)
-
-
-def top_of(backend: Backend) -> int:
-    """The counter's greatest value: u32, or a signed int's on a driver with a signed counter."""
-    return INT_MAX if Quirk.SIGNED_COUNTER in backend.quirks else U32_MAX
 
 
 @pytest.mark.breaks_on(Quirk.RECOUNT_ALL_TRACKED)
@@ -570,11 +559,8 @@ def abi32_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_32_bit_program_speaks_the_same_abi(backend: Backend, abi32_program: Path) -> None:
     # Through the compat ioctl path every argument is an integer, zero-extended: a minimum of
     # 2**31 and above arrives whole, and the answers are those of a 64-bit caller.
-    if backend.generation >= 0x70000000:  # start low, so that the minimum decides the value
-        backend.bump(0xFFFFFFFF)
-        backend.bump()
-    current = backend.generation
-    minimum = 0x80000000 | ((current + 5) & 0x7FFFFFFF)
+    start_low(backend)
+    minimum = 2**31 + 5
     done = subprocess.run([str(abi32_program), backend.path, backend.abi.value[1:], str(minimum)],
                           capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
