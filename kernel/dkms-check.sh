@@ -2,8 +2,10 @@
 # Check that DKMS builds and installs the module against this machine's kernel headers,
 # then remove it again. Root; installs the dkms package when it is missing.
 # Usage: kernel/dkms-check.sh [KVER...]   (default: every kernel with headers)
+# Writes build/dkms/<KVER> (what was installed, and its signer) for kernel/vm/matrix.py.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+REPORTS="$HERE/../build/dkms"
 VERSION=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' "$HERE/dkms.conf")
 if [ $# -eq 0 ]; then
   set -- $(ls -d /lib/modules/*/build 2>/dev/null | sed 's|/lib/modules/\(.*\)/build|\1|' | sort -V)
@@ -31,11 +33,14 @@ for KVER in "$@"; do
   modinfo -F parm "$installed" | grep -q '^flavour:' || { echo "dkms-check: $installed is not our module" >&2; exit 1; }
   # Debian's DKMS signs what it builds with its MOK (made on first use when openssl is
   # there), the key a Secure Boot machine's owner enrols with mokutil --import
+  signed="unsigned"
   if [ -e /var/lib/dkms/mok.pub ]; then
     signer=$(modinfo -F signer "$installed")
     [ -n "$signer" ] || { echo "dkms-check: DKMS has a MOK but $installed is not signed" >&2; exit 1; }
     echo "dkms-check: signed by \"$signer\" (/var/lib/dkms/mok.pub)"
+    signed="signed"
   fi
+  mkdir -p "$REPORTS" && echo "installed, $signed ($(dkms --version))" > "$REPORTS/$KVER"
   echo "dkms-check: sysgenid $VERSION built and installed for $KVER: $installed"
 done
 dkms status "sysgenid/$VERSION"

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The table of kernels and Pythons the project was tested on, from the guest runs' reports.
 
-Reads build/guest/*/summary.json (written by run_guest.py) and build/clones*/results.json
-(written by clones.py), prints a Markdown table, and with ``--docs FILE`` puts it between
+Reads build/guest/*/summary.json (written by run_guest.py), build/clones*/results.json
+(written by clones.py) and build/dkms/<release> (written by kernel/dkms-check.sh), prints a
+Markdown table, and with ``--docs FILE`` puts it between
 the ``tested-kernels`` markers of that file. ``nox -s matrix`` runs it after the others.
 Standard library only.
 """
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,29 @@ END = "<!-- tested-kernels:end -->"
 SUITE_NAMES = {"host": "Debian 12 (the host's)", "trixie": "Debian 13 (trixie)", "sid": "Debian sid"}
 
 
+def junit_counts(junit: Path) -> dict[str, int] | None:
+    """passed, failed, xfailed (a shipped driver's known quirk) and skipped, from a JUnit report."""
+    if not junit.exists():
+        return None
+    counts = {"passed": 0, "failed": 0, "xfailed": 0, "skipped": 0}
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        skipped = case.find("skipped")
+        if case.find("failure") is not None or case.find("error") is not None:
+            counts["failed"] += 1
+        elif skipped is not None:
+            counts["xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"] += 1
+        else:
+            counts["passed"] += 1
+    return counts
+
+
 def _counts(tests: dict[str, int] | None) -> str:
     if not tests:
         return "no report"
     text = f"{tests['passed']:,} passed"
-    if tests["failed"]:
-        text += f", {tests['failed']} failed"
-    if tests["skipped"]:
-        text += f", {tests['skipped']} skipped"
+    for key, words in (("failed", "failed"), ("xfailed", "expected failures (quirks)"), ("skipped", "skipped")):
+        if tests[key]:
+            text += f", {tests[key]} {words}"
     return text
 
 
@@ -45,6 +62,11 @@ def _what(summary: dict[str, Any]) -> str:
     return f"{what}; {driver}"
 
 
+def _dkms(build: Path, release: str) -> str:
+    record = build / "dkms" / release
+    return record.read_text().strip() if record.exists() else ""
+
+
 def rows(build: Path) -> list[list[str]]:
     found: list[list[str]] = []
     for path in sorted(build.glob("guest/*/summary.json")):
@@ -52,7 +74,8 @@ def rows(build: Path) -> list[list[str]]:
         python = f"{summary.get('python') or '?'} ({summary.get('userland') or '?'})"
         result = "pass" if summary.get("status") == 0 else f"FAIL ({summary.get('status')})"
         found.append([f"`{summary['kernel']}`", SUITE_NAMES.get(summary["kernel_suite"], summary["kernel_suite"]),
-                      _what(summary), python, _counts(summary.get("tests")), result])
+                      _what(summary), python, _counts(junit_counts(path.parent / "junit.xml")),
+                      _dkms(build, summary["kernel"]), result])
     for path in sorted(build.glob("clones*/results.json")):
         results = json.loads(path.read_text())
         suite = path.parent.name.removeprefix("clones").removeprefix("-") or "host"
@@ -60,12 +83,12 @@ def rows(build: Path) -> list[list[str]]:
         result = "pass" if not results.get("failures") else "FAIL: " + "; ".join(results["failures"])
         found.append([f"`{results['kernel']}`", SUITE_NAMES.get(suite, suite),
                       f"the clone test: {clones} clones, a clone of a clone, controls, v8", "3.11 (Debian 12)",
-                      "", result])
+                      "", _dkms(build, results["kernel"]), result])
     return found
 
 
 def table(build: Path) -> str:
-    header = ["Kernel", "From", "What ran", "Python (userland)", "Tests", "Result"]
+    header = ["Kernel", "From", "What ran", "Python (userland)", "Tests", "DKMS", "Result"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(build)]
     return "\n".join(lines) + "\n"

@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # suites.py, beside this script
@@ -268,20 +267,9 @@ def build_initramfs(kernel: suites.Kernel, initrd: Path) -> None:
     subprocess.run([str(HERE / "mkinitramfs.sh"), kernel.release, str(initrd), str(kernel.modules_base)], check=True)
 
 
-def junit_counts(junit: Path) -> dict[str, int] | None:
-    """passed, failed, skipped from a JUnit report (pytest's: one testsuite, or testsuites)."""
-    if not junit.exists():
-        return None
-    suites_ = ElementTree.parse(junit).getroot()
-    suite_list = [suites_] if suites_.tag == "testsuite" else list(suites_.iter("testsuite"))
-    total = {key: sum(int(suite.get(key, 0)) for suite in suite_list) for key in ("tests", "failures", "errors",
-                                                                                  "skipped")}
-    failed = total["failures"] + total["errors"]
-    return {"passed": total["tests"] - failed - total["skipped"], "failed": failed, "skipped": total["skipped"]}
-
-
 def write_summary(out: Path, args: argparse.Namespace, kernel: suites.Kernel, status: int) -> None:
-    """summary.json: what ran where, for the table of tested kernels (kernel/vm/matrix.py)."""
+    """summary.json: what ran where, for the table of tested kernels (kernel/vm/matrix.py,
+    which takes the counts from junit.xml beside it)."""
     environment_path = out / "environment.json"
     environment = json.loads(environment_path.read_text()) if environment_path.exists() else {}
     summary = {
@@ -294,7 +282,6 @@ def write_summary(out: Path, args: argparse.Namespace, kernel: suites.Kernel, st
         "abis": args.abi,
         "flavours": args.flavours,
         "selection": [a for a in args.pytest_args if a.startswith("tests/")] or "every device test",
-        "tests": junit_counts(out / "junit.xml"),
         "status": status,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
