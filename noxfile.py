@@ -104,7 +104,8 @@ def kernel(session: nox.Session) -> None:
     with Python 3.15, both from a Debian sid root (root; installs Debian packages, makes the root).
 
     Our module in both ABIs and in the flavours that behave as the shipped drivers. Arguments
-    go to kernel/vm/run_guest.py: ``nox -s kernel -- --module PATH --abi v8 --driver amazon-linux``.
+    go to kernel/vm/run_guest.py, the last word winning: ``nox -s kernel -- --kernel host --module
+    driver.ko --abi v8 --driver amazon-linux`` (a built module loads only on its own kernel).
     """
     python = _sid_venv(session, NEWEST_PYTHON)
     flavours = [] if "--module" in session.posargs else ["--flavours", "amazon-linux,v4-patch"]
