@@ -85,7 +85,7 @@ def generic_kernel(suite: str) -> suites.Kernel:
 
 def build_module(kernel: suites.Kernel, work: Path) -> Path:
     try:
-        module, _ = suites.build_module(kernel, PROJECT / "kernel", work / "module", [])
+        module = suites.build_module(kernel, PROJECT / "kernel", work / "module", [])
     except suites.SuiteError as exc:
         sys.exit(f"[clones] {exc}")
     return module

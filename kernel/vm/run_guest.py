@@ -9,14 +9,14 @@ One command does the whole job (``nox -s kernel`` calls it):
    virtiofs and a fresh report directory shared writable;
 4. in the guest, one pytest process runs the device tests against the module, loading
    it once per ABI;
+5. bring back the JUnit report and the exit status; fail on a boot failure, a timeout,
+   or a kernel warning or oops in the guest's log.
 
 ``--kernel trixie`` or ``--kernel sid`` boots that Debian suite's cloud kernel instead of
 the host's, with the module built in that suite's root (its compiler and headers; see
 kernel/vm/suites.py). ``--root sid`` runs the tests with a Python of the sid root (the
-guest chroots into it), for example ``--root sid --python /opt/venvs/3.15/bin/python``.
-
-5. bring back the JUnit report and the exit status; fail on a boot failure, a timeout,
-   or a kernel warning or oops in the guest's log.
+guest enters that root with pivot_root), for example
+``--root sid --python /opt/venvs/3.15/bin/python``.
 
 QEMU and virtiofsd run under our control and are killed by PID, whatever happens.
 Standard library only: it runs before anything is installed.
@@ -93,7 +93,7 @@ def ensure_packages() -> None:
 def build_module(source: Path, kernel: suites.Kernel, build_dir: Path, make_args: list[str]) -> Path:
     """Build a module from a directory with a Kbuild file; warnings fail the build."""
     try:
-        built, _ = suites.build_module(kernel, source, build_dir, make_args)
+        built = suites.build_module(kernel, source, build_dir, make_args)
     except suites.SuiteError as exc:
         print(exc, file=sys.stderr)
         sys.exit(f"[guest] module build for {kernel.release} failed")
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", default=suites.HOST, choices=[suites.HOST, *suites.SUITES],
                         help="boot the host's cloud kernel (default) or that Debian suite's")
     parser.add_argument("--root", choices=suites.SUITES,
-                        help="run the tests chrooted in that suite's root (its Python: see --python)")
+                        help="run the tests inside that suite's root (its Python: see --python)")
     parser.add_argument("--out", type=Path, help="report directory (default: a fresh one under build/guest)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before the guest is killed")
     parser.add_argument("--memory", type=int, default=1024, help="guest memory in MiB")

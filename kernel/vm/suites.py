@@ -305,9 +305,9 @@ def _kernel_packages(root: Path, meta: str) -> list[str]:
     return [p for p in wanted if p != meta]
 
 
-def build_module(kernel: Kernel, source: Path, build_dir: Path, make_args: list[str]) -> tuple[Path, str]:
+def build_module(kernel: Kernel, source: Path, build_dir: Path, make_args: list[str]) -> Path:
     """Build a module from ``source`` (a directory with a Kbuild file) for ``kernel``, with
-    W=1, in the kernel's suite root when it has one. Returns the .ko and the build's output."""
+    W=1, in the kernel's suite root when it has one; the output goes to build.log there."""
     if build_dir.exists():
         shutil.rmtree(build_dir)
     shutil.copytree(source, build_dir, ignore=shutil.ignore_patterns("vm", "*.o", "*.ko", ".*.cmd", "dkms*"))
@@ -324,10 +324,10 @@ def build_module(kernel: Kernel, source: Path, build_dir: Path, make_args: list[
     built = sorted(build_dir.glob("*.ko"))
     if len(built) != 1:
         raise SuiteError(f"expected one .ko in {build_dir}, found {[p.name for p in built]}")
-    return built[0], output
+    return built[0]
 
 
-def venv_python(suite: str, version: str) -> str:
+def venv_python(version: str) -> str:
     """The path, inside the suite's root, of the venv with the project for Python ``version``."""
     return f"/opt/venvs/{version}/bin/python"
 
@@ -337,7 +337,7 @@ def ensure_venv(suite: str, version: str, extras: str = "test") -> Path:
     if version not in PYTHONS.get(suite, []):
         raise SuiteError(f"the {suite} root has no Python {version} (it has: {', '.join(PYTHONS.get(suite, []))})")
     root = ensure_root(suite)
-    python = venv_python(suite, version)
+    python = venv_python(version)
     if not (root / python.lstrip("/")).exists():
         log(f"making a Python {version} venv in the {suite} root")
         run_in_root(root, [f"python{version}", "-m", "venv", str(Path(python).parent.parent)])
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             print(found.release, found.vmlinuz)
         elif args.command == "venv":
             ensure_venv(args.suite, args.version)
-            print(venv_python(args.suite, args.version))
+            print(venv_python(args.version))
         else:
             return run_in_root(ensure_root(args.suite), args.argv, check=False).returncode
     except SuiteError as exc:
