@@ -43,7 +43,7 @@ async def library_setup(
     path: str, subscribers: int, countdown: Countdown, hook_share: float = 0.5,
 ) -> Callable[[], Awaitable[None]]:
     """Start a restore watcher with ``subscribers`` hooks and subscription loops; return its stop."""
-    from sysgenid_async import RestoreHooks, RestoreWatcher
+    from sysgenid_async.restore import RestoreHooks, RestoreWatcher
 
     hooks = RestoreHooks()
     hook_count = int(subscribers * hook_share)

@@ -44,8 +44,10 @@ def _per_op(statement: str, namespace: dict[str, Any], number: int) -> float:
 
 
 def run(device: DeviceUnderTest, results: Results, *, rounds: int, number: int) -> None:
-    from sysgenid_async import AsyncSysGenID, Device, GenerationBound, generation_bound
-    from sysgenid_async.gate import close_process_probe
+    from sysgenid_async import AsyncSysGenID
+    from sysgenid_async.device import Device
+    from sysgenid_async.restore import GenerationBound, generation_bound
+    from sysgenid_async.restore.gate import close_process_probe
 
     probe_device = Device.open(device.path, watcher=False)
     handle = AsyncSysGenID.open(device.path, watcher=False)
@@ -81,7 +83,7 @@ def _async_bound_rounds(probe: Any, rounds: int, number: int) -> list[tuple[floa
     """``await value.get()`` against ``await`` of a coroutine that returns ``view[0]``."""
     import asyncio
 
-    from sysgenid_async import AsyncGenerationBound
+    from sysgenid_async.restore import AsyncGenerationBound
 
     view = probe.page_view()
 

@@ -159,7 +159,8 @@ async def _sim_watchers(kind: str, device: DeviceUnderTest, count: int) -> Calla
 
 
 async def _timed_triggers(device: DeviceUnderTest, triggers: int) -> list[float]:
-    from sysgenid_async import Orchestrator, WaitResult
+    from sysgenid_async import WaitResult
+    from sysgenid_async.restore import Orchestrator
 
     times = []
     async with Orchestrator(device.path, timeout=600) as orchestrator:

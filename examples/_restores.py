@@ -11,7 +11,7 @@ import argparse
 import contextlib
 from collections.abc import Callable, Iterator
 
-from sysgenid_async import Device
+from sysgenid_async.device import Device
 from sysgenid_async.testing import SimulatedDevice
 
 Restore = Callable[[], int]

@@ -19,8 +19,8 @@ from typing import Any
 import anyio
 from _restores import Restore, parser, restores
 
-from sysgenid_async import restore_watcher, restored
-from sysgenid_async.reseed import ProcessIdentity, install_default_hooks
+from sysgenid_async.restore import restore_watcher, restored
+from sysgenid_async.restore.reseed import ProcessIdentity, install_default_hooks
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -15,8 +15,8 @@ import anyio
 import anyio.abc
 from _restores import Restore, parser, restores
 
-from sysgenid_async import restore_watcher
-from sysgenid_async.reseed import ProcessIdentity, install_default_hooks
+from sysgenid_async.restore import restore_watcher
+from sysgenid_async.restore.reseed import ProcessIdentity, install_default_hooks
 
 instance = ProcessIdentity()
 install_default_hooks()  # reseed random (and numpy), renew identities: on the process-wide registry

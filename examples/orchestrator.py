@@ -18,7 +18,7 @@ from collections.abc import Callable
 import anyio
 from _restores import parser, restores
 
-from sysgenid_async import Orchestrator, RestoreHooks, restore_watcher
+from sysgenid_async.restore import Orchestrator, RestoreHooks, restore_watcher
 
 WORKERS = (("cache", 0.1), ("pool", 0.3), ("indexer", 0.5))
 

@@ -15,7 +15,7 @@ import os
 
 from _restores import parser, restores
 
-from sysgenid_async import generation_bound
+from sysgenid_async.restore import generation_bound
 
 
 @generation_bound

@@ -20,26 +20,27 @@ from pathlib import Path
 import anyio
 
 from sysgenid_async import (
-    AbiMismatchError,
-    AsyncGenerationBound,
     AsyncSysGenID,
     BlockingSysGenID,
-    Device,
     DeviceNotFoundError,
     DevicePermissionError,
-    GenerationBound,
-    NotASysGenIDDeviceError,
-    Orchestrator,
-    RestoreHooks,
-    RetryPolicy,
     StaleGenerationError,
     UnsupportedByAbiError,
-    generation_bound,
     watch,
     watch_blocking,
 )
 from sysgenid_async.cli import EXIT_CODES, cli
-from sysgenid_async.gate import restored
+from sysgenid_async.device import Device
+from sysgenid_async.errors import AbiMismatchError, NotASysGenIDDeviceError
+from sysgenid_async.restore import (
+    AsyncGenerationBound,
+    GenerationBound,
+    Orchestrator,
+    RestoreHooks,
+    RetryPolicy,
+    generation_bound,
+)
+from sysgenid_async.restore.gate import restored
 from sysgenid_async.uapi import Abi
 
 
@@ -68,7 +69,7 @@ class Context:
 
     path: str
     abi: Abi
-    device: Device  # open for the whole table
+    device: BlockingSysGenID  # open for the whole table
     regular_file: str
     directory: str
     missing: str
@@ -133,7 +134,7 @@ def _unprivileged_forbidden(context: Context) -> object:
 
 
 CASES: list[Case] = [
-    *_opens("Device.open(path, abi=...)", Device.open, "Device.open"),
+    *_opens("Device.open(path, abi=...)", Device.open, "device.Device.open"),
     *_opens("AsyncSysGenID.open / open_sysgenid", AsyncSysGenID.open, "AsyncSysGenID.open"),
     *_opens("BlockingSysGenID.open", BlockingSysGenID.open, "BlockingSysGenID.open"),
     *_opens("watch(path, abi=...)", watch, "watch"),

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
-from sysgenid_async import Device, generation_bound
+from sysgenid_async.device import Device
+from sysgenid_async.restore import generation_bound
 
 
 @generation_bound

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import anyio
 
-from sysgenid_async import RestoreHooks, RetryPolicy, restore_watcher
+from sysgenid_async.restore import RestoreHooks, RetryPolicy, restore_watcher
 
 
 async def serve(path: str, behaviour: str, say: Callable[[str], None], wait_for_stop: Callable[[], object]) -> None:

@@ -28,7 +28,7 @@ async def main(path: str, count: int) -> None:
     counts = {"watchers": count, "changes_seen": 0, "backwards": 0, "repeated": 0, "caught_up": 0}
 
     async def follow(changes: watch) -> None:
-        previous = changes.handle.device.acknowledged  # where this file started: up to date then
+        previous = changes.handle.acknowledged  # where this file started: up to date then
         async for generation in changes:
             counts["changes_seen"] += 1
             if generation == previous:
@@ -48,7 +48,7 @@ async def main(path: str, count: int) -> None:
     final.set_result(int(line))
     # A loop already up to date with the final generation sees no more changes: it is done.
     for changes, loop in zip(watchers, loops, strict=True):
-        if not loop.done() and changes.handle.generation == final.result() and not changes.handle.device.is_outdated():
+        if not loop.done() and changes.handle.generation == final.result() and not changes.handle.is_outdated():
             loop.cancel()
             counts["caught_up"] += 1
     await asyncio.gather(*loops, return_exceptions=True)

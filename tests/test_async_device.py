@@ -46,7 +46,7 @@ async def test_the_handle_describes_itself(backend: Backend) -> None:
     async with open_sysgenid(backend.path, abi=backend.abi.value) as handle:
         assert handle.abi is backend.abi
         assert handle.path == backend.path
-        assert handle.device.watcher
+        assert handle.watcher
         assert "AsyncSysGenID" in repr(handle)
     assert handle.closed
 

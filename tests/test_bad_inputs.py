@@ -20,15 +20,16 @@ import pytest
 from _pytest.mark.structures import ParameterSet
 
 import sysgenid_async
+import sysgenid_async.device
 from backends import Backend, _setpriv
 from bad_inputs import CASES, Case, Context, Raised, generated_part, render
-from sysgenid_async import Device
+from sysgenid_async import BlockingSysGenID
 
 DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
 
 RAISE_AS_NOBODY = """
 import operator, sys
-import sysgenid_async
+import sysgenid_async, sysgenid_async.device
 try:
     operator.attrgetter(sys.argv[1])(sysgenid_async)(sys.argv[2])
 except Exception as error:
@@ -54,7 +55,7 @@ def context(backend: Backend) -> Iterator[Context]:
     forbidden = base / "forbidden"
     forbidden.write_text("")
     forbidden.chmod(0o600)
-    device = Device.open(backend.path)
+    device = BlockingSysGenID.open(backend.path)
     try:
         yield Context(
             path=backend.path, abi=backend.abi, device=device, regular_file=str(base / "file"),
@@ -114,7 +115,7 @@ def test_a_bad_input_gets_its_answer_and_changes_nothing(
 
 
 def test_every_entry_point_in_the_table_exists() -> None:
-    for name in ("Device.open", "AsyncSysGenID.open", "BlockingSysGenID.open", "watch"):
+    for name in ("device.Device.open", "AsyncSysGenID.open", "BlockingSysGenID.open", "watch"):
         assert callable(operator.attrgetter(name)(sysgenid_async))
 
 

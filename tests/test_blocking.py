@@ -44,7 +44,7 @@ def test_close_from_another_thread_wakes_the_waiter(backend: Backend) -> None:
     waiter.join(30)
     assert not waiter.is_alive() and len(errors) == 1
     assert handle.closed
-    assert handle._wakeup == -1, "the last waiter closed the wakeup fd"
+    assert handle._thread_wakeup == -1, "the last waiter closed the wake-up eventfd"
 
 
 def test_wait_watchers(backend: Backend) -> None:

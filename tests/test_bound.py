@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from backends import Backend
-from sysgenid_async import AsyncGenerationBound, Device, GenerationBound, generation_bound
-from sysgenid_async.bound import shared_probe
+from sysgenid_async.device import Device
+from sysgenid_async.restore import AsyncGenerationBound, GenerationBound, generation_bound, restore_hooks
 from sysgenid_async.testing import isolated_state
 
 
@@ -64,7 +64,7 @@ def test_on_v4_no_file_stays_open_behind_a_value(default_device: Backend) -> Non
 @pytest.mark.only_abi("v8")
 def test_on_v8_the_shared_probe_is_not_a_watcher(default_device: Backend) -> None:
     generation_bound(object)()
-    probe = shared_probe()
+    probe = restore_hooks.gate.probe()
     assert isinstance(probe, Device) and not probe.watcher
 
 
@@ -125,21 +125,24 @@ def test_bad_factories() -> None:
 
 @pytest.mark.anyio
 async def test_a_running_restore_watcher_serves_as_the_probe(default_device: Backend) -> None:
-    from sysgenid_async import RestoreHooks, restore_watcher
+    from sysgenid_async.restore import RestoreHooks, restore_watcher
 
-    value = generation_bound(object)
+    hooks = RestoreHooks()
+    value = GenerationBound(object, hooks=hooks)
     value()
-    async with restore_watcher(hooks=RestoreHooks()) as watcher:
-        watcher_device = watcher.handle.device
-        assert shared_probe() is watcher_device
+    async with restore_watcher(hooks=hooks) as watcher:
+        watcher_device = watcher.handle
+        assert hooks.gate.probe() is watcher_device, "the watcher hands its file to its registry's values"
+        assert restore_hooks.gate.probe() is not watcher_device, "not to another registry's"
+        files = default_device.open_files()
         before = value()
         new = default_device.bump()
         with anyio.fail_after(30):
             while watcher.acknowledged != new:  # noqa: ASYNC110 - the watcher exposes no event
                 await anyio.sleep(0.01)
         assert value() is not before
-        assert default_device.open_files() == 1, "one file: the watcher's"
-    assert shared_probe() is not watcher_device
+        assert default_device.open_files() == files, "the value read the watcher's page: no file of its own"
+    assert hooks.gate.probe() is not watcher_device, "the watcher took its file back"
     # The watcher's page is gone: the value finds the reopened probe and still follows changes.
     during = value()
     default_device.bump()

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from backends import Backend
-from sysgenid_async import Device, __version__
+from sysgenid_async import __version__
 from sysgenid_async.cli import EXIT_CODES, cli
+from sysgenid_async.device import Device
 from sysgenid_async.testing import Quirk
 
 

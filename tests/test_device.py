@@ -18,25 +18,24 @@ import pytest
 from backends import Backend, start_low
 from sysgenid_async import (
     Abi,
-    AbiMismatchError,
-    Device,
+    BlockingSysGenID,
     DeviceClosedError,
     DeviceNotFoundError,
     DevicePermissionError,
-    ForkedHandleError,
-    NotASysGenIDDeviceError,
     StaleGenerationError,
     SysGenIDError,
     UnsupportedByAbiError,
     WaitResult,
 )
+from sysgenid_async.device import Device
+from sysgenid_async.errors import AbiMismatchError, ForkedHandleError, NotASysGenIDDeviceError
 from sysgenid_async.rawfile import KernelFile, install_opener, remove_opener
 from sysgenid_async.testing import Quirk
 
 
 @pytest.fixture
-def device(backend: Backend) -> Iterator[Device]:
-    with Device.open(backend.path) as opened:
+def device(backend: Backend) -> Iterator[BlockingSysGenID]:
+    with BlockingSysGenID.open(backend.path) as opened:
         yield opened
 
 
@@ -140,7 +139,7 @@ def test_v8_tracking_follows_the_watcher_flag(backend: Backend) -> None:
     with Device.open(backend.path, watcher=False) as probe, Device.open(backend.path) as acking:
         assert not probe.watcher and acking.watcher
         new = backend.bump()
-        with Device.open(backend.path, watcher=False) as orchestrator:
+        with BlockingSysGenID.open(backend.path, watcher=False) as orchestrator:
             assert orchestrator.wait_watchers(0.05) is WaitResult.TIMED_OUT, "the acking handle is tracked"
             acking.ack(new)
             assert orchestrator.wait_watchers(0.05) is WaitResult.CAUGHT_UP, "the probe is not tracked"
@@ -148,7 +147,7 @@ def test_v8_tracking_follows_the_watcher_flag(backend: Backend) -> None:
             probe.set_tracking(1)  # type: ignore[arg-type]
 
 
-def test_wait_watchers_outcomes(backend: Backend, device: Device) -> None:
+def test_wait_watchers_outcomes(backend: Backend, device: BlockingSysGenID) -> None:
     with Device.open(backend.path) as other:
         assert device.wait_watchers(0) is WaitResult.CAUGHT_UP
         new = backend.bump()
@@ -191,13 +190,13 @@ def test_the_fcntl_trap_is_real_on_this_python(backend: Backend) -> None:
 
 
 @pytest.mark.parametrize(("timeout", "error"), [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)])
-def test_bad_timeouts(device: Device, timeout: object, error: type[Exception]) -> None:
+def test_bad_timeouts(device: BlockingSysGenID, timeout: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         device.wait_watchers(timeout)  # type: ignore[arg-type]
 
 
 def test_close_is_idempotent_and_final(backend: Backend) -> None:
-    device = Device.open(backend.path)
+    device = BlockingSysGenID.open(backend.path)
     device.close()
     device.close()
     assert device.closed and device.fileno() == -1
@@ -209,7 +208,7 @@ def test_close_is_idempotent_and_final(backend: Backend) -> None:
 
 
 def test_close_from_another_thread_ends_a_wait(backend: Backend) -> None:
-    with Device.open(backend.path) as other, Device.open(backend.path) as device:
+    with Device.open(backend.path) as other, BlockingSysGenID.open(backend.path) as device:
         new = backend.bump()
         device.ack(new)
         errors: list[BaseException] = []

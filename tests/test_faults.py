@@ -22,15 +22,8 @@ import anyio
 import pytest
 
 from backends import Backend, KernelBackend, load_module, unload_module
-from sysgenid_async import (
-    AsyncSysGenID,
-    BlockingSysGenID,
-    DeviceNotFoundError,
-    RestoreHooks,
-    WaitResult,
-    restore_watcher,
-    uapi,
-)
+from sysgenid_async import AsyncSysGenID, BlockingSysGenID, DeviceNotFoundError, WaitResult, uapi
+from sysgenid_async.restore import RestoreHooks, restore_watcher
 from sysgenid_async.testing import SimulatedDevice
 from sysgenid_async.uapi import Abi
 
@@ -67,13 +60,13 @@ def test_watchers_killed_before_they_ack_stop_counting(backend: Backend) -> None
             if backend.abi is Abi.V4:
                 assert probe.outdated_watchers() == 4 + 1, "the four, and this probe (every v4 file counts)"
             probe.ack(probe.generation)  # an outdated caller cannot wait for the others
-            assert probe.device.wait_watchers(0.05) is WaitResult.TIMED_OUT
+            assert probe.wait_watchers(0.05) is WaitResult.TIMED_OUT
             for worker in workers:
                 worker.send_signal(signal.SIGKILL)
                 worker.wait(30)
             if backend.abi is Abi.V4:
                 assert probe.outdated_watchers() == 0
-            assert probe.device.wait_watchers(5) is WaitResult.CAUGHT_UP
+            assert probe.wait_watchers(5) is WaitResult.CAUGHT_UP
     finally:
         for worker in workers:
             if worker.poll() is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backends import Backend
-from sysgenid_async import Device
+from sysgenid_async.device import Device
 
 pytestmark = pytest.mark.kernel_only
 

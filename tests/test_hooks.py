@@ -9,7 +9,7 @@ import threading
 import anyio
 import pytest
 
-from sysgenid_async import HookError, Phase, RestoreHooks, RestoreHooksError
+from sysgenid_async.restore import HookError, Phase, RestoreHooks, RestoreHooksError
 
 pytestmark = pytest.mark.anyio
 
@@ -83,7 +83,8 @@ async def test_a_failed_phase_runs_whole_and_stops_the_pass(caplog: pytest.LogCa
     def later(generation: int) -> None:
         ran.append("later")
 
-    with caplog.at_level(logging.ERROR, logger="sysgenid_async.hooks"), pytest.raises(RestoreHooksError) as caught:
+    logger = "sysgenid_async.restore.hooks"
+    with caplog.at_level(logging.ERROR, logger=logger), pytest.raises(RestoreHooksError) as caught:
         await hooks.run(3)
     assert ran == ["first", "broken", "also_broken"], "the whole failed phase ran, and nothing after it"
     group = caught.value

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backends import Backend, KernelBackend, load_module
-from sysgenid_async import Device
+from sysgenid_async.device import Device
 
 pytestmark = pytest.mark.kernel_only
 

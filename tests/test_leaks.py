@@ -93,7 +93,7 @@ async def test_cancelled_waits_leave_nothing(
     report_figures: Callable[[dict[str, object]], None],
 ) -> None:
     handle = AsyncSysGenID.open(backend.path)
-    fd = handle.device.fileno()
+    fd = handle.fileno()
 
     async def cancelled_wait() -> None:
         async with anyio.create_task_group() as tasks:

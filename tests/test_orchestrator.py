@@ -6,7 +6,8 @@ import anyio
 import pytest
 
 from backends import Backend, Peer, Worker
-from sysgenid_async import Abi, Orchestrator, WaitResult
+from sysgenid_async import Abi, WaitResult
+from sysgenid_async.restore import Orchestrator
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ import uuid
 import numpy
 import pytest
 
-from sysgenid_async import Phase, RestoreHooks
-from sysgenid_async.reseed import (
+from sysgenid_async.restore import Phase, RestoreHooks
+from sysgenid_async.restore.reseed import (
     ProcessIdentity,
     Reopenable,
     install_default_hooks,

@@ -21,9 +21,10 @@ import anyio
 import pytest
 
 from backends import Backend
-from sysgenid_async import (
+from sysgenid_async.device import Device
+from sysgenid_async.errors import SimulatorProcessError
+from sysgenid_async.restore import (
     AsyncGenerationBound,
-    Device,
     GenerationBound,
     Phase,
     RestoreHooks,
@@ -36,8 +37,7 @@ from sysgenid_async import (
     restore_watcher,
     restored,
 )
-from sysgenid_async.errors import SimulatorProcessError
-from sysgenid_async.reseed import Reopenable, install_default_hooks
+from sysgenid_async.restore.reseed import Reopenable, install_default_hooks
 from sysgenid_async.testing import SimulatedDevice, isolated_state
 
 FAST_RETRY = RetryPolicy(initial_delay=0.02, max_delay=0.05)
@@ -266,7 +266,7 @@ def test_the_readme_test_passes_twice_in_one_session(pytester: pytest.Pytester) 
     example = readme_test_example()
     again = example.replace("def test_", "def test_again_")
     pytester.makepyfile(test_first=example, test_second=again, test_hooks="""
-        from sysgenid_async import on_restore, restore_hooks
+        from sysgenid_async.restore import on_restore, restore_hooks
 
         def test_a_hook_of_one_test(sysgenid_sim):
             on_restore(print)
@@ -344,9 +344,9 @@ async def test_a_forked_child_starts_with_no_watcher_and_no_parent_file(default_
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
-            from sysgenid_async import ForkedHandleError
+            from sysgenid_async.errors import ForkedHandleError
 
-            checks = [restore_hooks.gate.watcher is None, watcher.handle.device.closed]
+            checks = [restore_hooks.gate.watcher is None, watcher.handle.closed]
             try:
                 watcher.handle.ack(0)
             except ForkedHandleError:
@@ -360,7 +360,7 @@ async def test_a_forked_child_starts_with_no_watcher_and_no_parent_file(default_
             answer = pipe.read().decode()
         await anyio.to_thread.run_sync(os.waitpid, pid, 0)
         assert answer == "[True, True, True]"
-        assert not watcher.handle.device.closed, "the parent's file is untouched"
+        assert not watcher.handle.closed, "the parent's file is untouched"
 
 
 # -- case 8: one restore watcher per registry -------------------------------------------------

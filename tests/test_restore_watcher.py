@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from backends import Backend
-from sysgenid_async import Device, RestoreHooks, RestoreWatcher, RetryPolicy, restore_watcher
+from sysgenid_async.device import Device
+from sysgenid_async.restore import RestoreHooks, RestoreWatcher, RetryPolicy, restore_watcher
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +25,7 @@ async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
 
 
 def outdated(watcher: RestoreWatcher) -> bool:
-    return watcher.handle.device.is_outdated()
+    return watcher.handle.is_outdated()
 
 
 async def test_hooks_run_once_per_change_then_the_generation_is_acknowledged(backend: Backend) -> None:
@@ -152,7 +153,8 @@ def test_bad_retry_policies(arguments: dict[str, float]) -> None:
 
 
 async def test_a_missing_device_fails_at_the_start_and_leaves_nothing() -> None:
-    from sysgenid_async import DeviceNotFoundError, Orchestrator
+    from sysgenid_async import DeviceNotFoundError
+    from sysgenid_async.restore import Orchestrator
 
     threads = set(threading.enumerate())  # which, not how many: an earlier test's may end meanwhile
     with pytest.raises(DeviceNotFoundError):

@@ -20,7 +20,8 @@ import textwrap
 import pytest
 
 from backends import Backend
-from sysgenid_async import AsyncSysGenID, BlockingSysGenID, Device, watch
+from sysgenid_async import AsyncSysGenID, BlockingSysGenID, watch
+from sysgenid_async.device import Device
 from sysgenid_async.testing import Quirk
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -80,8 +81,9 @@ def test_no_descriptor_reaches_a_child_process(backend: Backend) -> None:
         handle = AsyncSysGenID.open(backend.path)
         changes = watch(backend.path)
         try:
-            ours = {device.fileno(), blocking.device.fileno(), blocking._wakeup, handle.device.fileno(),
-                    changes.handle.device.fileno()}
+            blocking.wait_readable(0)  # a thread's wait makes the wake-up eventfd
+            ours = {device.fileno(), blocking.fileno(), blocking._thread_wakeup, handle.fileno(),
+                    changes.handle.fileno()}
             ours.discard(-1)
             assert ours, "the handles have descriptors"
             done = subprocess.run([sys.executable, "-c", LIST_FDS], capture_output=True, text=True,

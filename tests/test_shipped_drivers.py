@@ -20,9 +20,10 @@ import anyio
 import pytest
 
 from backends import KERNEL_PATH, NOBODY, Backend, KernelBackend
-from sysgenid_async import Abi, GenerationBound, Orchestrator, WaitResult, restore_watcher, watch
-from sysgenid_async.hooks import RestoreHooks
-from sysgenid_async.orchestrator import OrchestrationReport
+from sysgenid_async import Abi, WaitResult, watch
+from sysgenid_async.restore import GenerationBound, Orchestrator, restore_watcher
+from sysgenid_async.restore.hooks import RestoreHooks
+from sysgenid_async.restore.orchestrator import OrchestrationReport
 from sysgenid_async.testing import Quirk, isolated_state
 
 INT_MAX = 2**31 - 1
@@ -174,7 +175,7 @@ async def test_the_stuck_count_is_reported_with_its_likely_cause(backend: Backen
 
 
 def test_no_cause_is_guessed_for_an_ordinary_timeout() -> None:
-    from sysgenid_async.orchestrator import likely_cause_of_timeout
+    from sysgenid_async.restore.orchestrator import likely_cause_of_timeout
 
     assert likely_cause_of_timeout(Abi.V8, INT_MAX - 1) is None
     assert likely_cause_of_timeout(Abi.V4, INT_MAX) is None, "v4 counts; the count names the late"
@@ -199,7 +200,7 @@ def test_the_udev_rule_matches_the_device() -> None:
 
 AS_SERVICE = textwrap.dedent("""
     import sys
-    from sysgenid_async import Device
+    from sysgenid_async.device import Device
     from sysgenid_async.errors import ReadOnlyHandleError
     path, action = sys.argv[1], sys.argv[2]
     try:

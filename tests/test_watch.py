@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from backends import Backend
-from sysgenid_async import Device, DeviceNotFoundError, watch
+from sysgenid_async import DeviceNotFoundError, watch
+from sysgenid_async.device import Device
 
 pytestmark = pytest.mark.anyio
 
@@ -24,12 +25,12 @@ async def test_each_change_is_acknowledged_after_the_body(backend: Backend) -> N
         async with watch(backend.path) as changes:
             backend.bump()
             async for generation in changes:
-                assert changes.handle.device.is_outdated(), "not acknowledged while the body runs"
+                assert changes.handle.is_outdated(), "not acknowledged while the body runs"
                 seen.append(generation)
                 if len(seen) == 3:
                     break
                 backend.bump()
-            assert changes.handle.device.is_outdated(), "the last body did not finish: not acknowledged"
+            assert changes.handle.is_outdated(), "the last body did not finish: not acknowledged"
     assert len(seen) == 3 and len(set(seen)) == 3
 
 
@@ -39,7 +40,7 @@ async def test_an_error_in_the_body_leaves_the_generation_unacknowledged(backend
     with pytest.raises(RuntimeError, match="rebuild failed"):
         async for _ in changes:
             raise RuntimeError("rebuild failed")
-    assert changes.handle.device.is_outdated()
+    assert changes.handle.is_outdated()
     changes.close()
 
 
@@ -120,10 +121,10 @@ async def test_a_failed_body_is_delivered_again_on_reentry(backend: Backend) -> 
                 async for seen in changes:  # noqa: B007 - checked after the loop
                     raise RuntimeError("rebuild failed")
             assert seen == generation
-            assert changes.handle.device.is_outdated(), "the failed generation is not acknowledged"
+            assert changes.handle.is_outdated(), "the failed generation is not acknowledged"
             async for again in changes:
                 assert again == generation, "the failed generation is delivered again"
-                assert changes.handle.device.is_outdated()
+                assert changes.handle.is_outdated()
                 break
             # The second body finished and the block exits cleanly: acknowledged.
         if peers_outdated:
@@ -137,7 +138,7 @@ async def test_a_clean_exit_acknowledges_and_an_error_does_not(backend: Backend)
             backend.bump()
             async for _generation in changes:
                 break
-            device = changes.handle.device
+            device = changes.handle
             assert device.is_outdated()
             changes.acknowledge()
             assert not device.is_outdated()
@@ -146,7 +147,7 @@ async def test_a_clean_exit_acknowledges_and_an_error_does_not(backend: Backend)
                 backend.bump()
                 async for _generation in failing:
                     break
-                held = failing.handle.device
+                held = failing.handle
                 raise KeyError
         assert held.closed and held.acknowledged != backend.generation
 

@@ -11,7 +11,14 @@ from collections.abc import Callable
 
 from typing_extensions import assert_type
 
-from sysgenid_async import AsyncGenerationBound, GenerationBound, Phase, RestoreHooks, generation_bound, on_restore
+from sysgenid_async.restore import (
+    AsyncGenerationBound,
+    GenerationBound,
+    Phase,
+    RestoreHooks,
+    generation_bound,
+    on_restore,
+)
 
 
 def reseed(generation: int) -> None: ...

@@ -29,17 +29,16 @@ import time
 
 import anyio
 
-from sysgenid_async import (
-    BlockingSysGenID,
+from sysgenid_async import BlockingSysGenID, watch
+from sysgenid_async.restore import (
     Orchestrator,
     Phase,
     RestoreHooks,
     RetryPolicy,
     generation_bound,
     restore_watcher,
-    watch,
 )
-from sysgenid_async.reseed import reseed_random
+from sysgenid_async.restore.reseed import reseed_random
 
 with open("/proc/cmdline") as cmdline:
     RESEED = "noreseed" not in cmdline.read().split()

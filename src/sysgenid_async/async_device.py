@@ -17,38 +17,24 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 
 import anyio
-from anyio.lowlevel import checkpoint, current_token
+from anyio.lowlevel import EventLoopToken, checkpoint, current_token
 
-from .device import AbiChoice, Device, DeviceHandle, SlicedWait, WaitResult
+from .device import AbiChoice, Device, WaitResult
 from .errors import DeviceClosedError
+from .timeouts import Deadline
 
 __all__ = ["AsyncSysGenID", "moved_on", "open_sysgenid"]
 
 
-class AsyncSysGenID(DeviceHandle):
+class AsyncSysGenID(Device):
     """An open watcher of the device, for async code. Create with :func:`open_sysgenid`.
 
-    Besides what is below: ``generation`` (the fast probe), ``ack()``,
-    ``outdated_watchers()``, ``trigger()``, ``path``, ``abi``, ``closed``, ``device``.
+    Besides the waits below, what every handle has: ``generation`` (the fast probe),
+    ``ack()``, ``outdated_watchers()``, ``trigger()``, ``path``, ``abi``, ``closed``.
+    One task per event loop may wait on it at a time (a second one gets
+    :class:`~sysgenid_async.errors.ConcurrentWaitError`); tasks on other loops and
+    threads may wait beside it, and a close wakes them all.
     """
-
-    def __init__(self, device: Device) -> None:
-        super().__init__(device)
-        self._waiter_thread: int | None = None
-        self._waiter_token: anyio.lowlevel.EventLoopToken | None = None
-        # One ticket per task polling the fd; each holds the device open (in flight).
-        self._polling: set[object] = set()
-
-    @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike[str] | None = None,
-        *,
-        abi: AbiChoice = "auto",
-        watcher: bool = True,
-    ) -> AsyncSysGenID:
-        """Open without a context manager; pair it with :meth:`aclose`."""
-        return cls(Device.open(path, abi=abi, watcher=watcher))
 
     async def wait_for_change(self) -> int:
         """Wait until this handle has a generation it has not acknowledged, and return it.
@@ -56,29 +42,23 @@ class AsyncSysGenID(DeviceHandle):
         Returns at once if the handle is already behind. Raises
         :class:`~sysgenid_async.DeviceClosedError` if the handle is closed meanwhile.
         """
-        device = self._device
         # Up to date by the page: skip the read, which would fail with EAGAIN, and wait.
         # After a wake-up always read, so a wrong hint cannot spin.
-        read_first = device.generation != device.acknowledged
+        read_first = self.generation != self.acknowledged
         while True:
             if read_first:
-                generation = device.read_nowait()
+                generation = self.read_nowait()
                 if generation is not None:
                     return generation
             read_first = True
-            device._enter()  # the fd stays open (a close is deferred) while we poll it
-            ticket = object()
-            self._polling.add(ticket)
-            self._waiter_thread = threading.get_ident()
-            self._waiter_token = current_token()
+            waiter = _TaskWaiter(current_token())
+            fd = self.add_waiter(waiter)
             try:
-                await anyio.wait_readable(device.fileno())
+                await anyio.wait_readable(fd)
             except anyio.ClosedResourceError:
-                raise DeviceClosedError(f"{device.path}: the handle was closed while waiting") from None
+                raise DeviceClosedError(f"{self.path}: the handle was closed while waiting") from None
             finally:
-                if ticket in self._polling:  # not abandoned by close() (see there)
-                    self._polling.discard(ticket)
-                    device._exit()
+                self.remove_waiter(waiter)
 
     async def wait_watchers(self, timeout: float | None = None) -> WaitResult:
         """Wait until every watcher has acknowledged the current generation.
@@ -87,52 +67,18 @@ class AsyncSysGenID(DeviceHandle):
         :attr:`WaitResult.CALLER_OUTDATED` (acknowledge first, then wait again).
         Cancellable: the worker thread's current slice (<= 50 ms) finishes first.
         """
-        wait = SlicedWait(timeout)
+        deadline = Deadline(timeout)
         while True:
             from anyio import to_thread  # here, not at import: it pulls in the thread machinery
 
-            result = await to_thread.run_sync(self._device.wait_watchers_slice, wait.next_slice())
-            if result is not WaitResult.TIMED_OUT or wait.expired():
+            result = await to_thread.run_sync(self.wait_watchers_slice, deadline.next_slice())
+            if result is not WaitResult.TIMED_OUT or deadline.expired():
                 return result
 
-    def close(self) -> None:
-        """Close the handle: idempotent; a task waiting on it gets DeviceClosedError.
-
-        Callable from the loop's thread, another thread, or after the loop has gone.
-        """
-        device = self._device
-        if device.closed:
-            return
-        fd = device.fileno()
-        if self._polling:
-            self._notify_waiters(fd)
-            if _loop_is_closed(self._waiter_token):
-                # The waiting tasks can never resume, so they would hold the file open
-                # for ever: nothing polls it any more, release it now on their behalf.
-                abandoned, self._polling = self._polling, set()
-                for _ in abandoned:
-                    device._exit()
-        device.close()
-
-    def _notify_waiters(self, fd: int) -> None:
-        if self._waiter_thread == threading.get_ident():
-            with contextlib.suppress(RuntimeError, LookupError):
-                anyio.notify_closing(fd)
-            return
-        token = self._waiter_token
-        if token is None:
-            return
-        # From another thread: let the loop drop its reader before the fd is closed.
-        # If that loop is closed there is no reader left to drop.
-        with contextlib.suppress(RuntimeError):
-            from anyio import from_thread  # imported on first use: rarely needed, slow to import
-
-            from_thread.run_sync(anyio.notify_closing, fd, token=token)
-
     async def aclose(self) -> None:
+        """Close (see :meth:`Device.close`), then yield to the loop once."""
         self.close()
         await checkpoint()
-
 
     async def __aenter__(self) -> AsyncSysGenID:
         return self
@@ -142,8 +88,30 @@ class AsyncSysGenID(DeviceHandle):
     ) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"<AsyncSysGenID {self._device!r}>"
+
+class _TaskWaiter:
+    """A task in ``anyio.wait_readable``: woken by ``notify_closing`` through its own loop."""
+
+    __slots__ = ("_thread", "_token", "loop")
+
+    def __init__(self, token: EventLoopToken) -> None:
+        self._token = token
+        self._thread = threading.get_ident()
+        #: The loop itself (asyncio) or its trio token: the same object for every task on it.
+        self.loop: object = getattr(token, "native_token", token)
+
+    def wake(self, fd: int) -> bool:
+        try:
+            if self._thread == threading.get_ident():
+                anyio.notify_closing(fd)  # the closer runs on this loop
+            else:
+                from anyio import from_thread  # imported on first use: rarely needed, slow to import
+
+                from_thread.run_sync(anyio.notify_closing, fd, token=self._token)
+        except (RuntimeError, LookupError):
+            # No loop to reach: closed (the task can never resume), or not running here.
+            return not _loop_is_gone(self._token)
+        return True
 
 
 @contextlib.asynccontextmanager
@@ -173,7 +141,7 @@ async def moved_on(handle: AsyncSysGenID, generation: int, timeout: float | None
     stays readable, so it cannot tell of the next change. A fresh, probe-only file can (it
     starts up to date), and is closed at once.
     """
-    async with AsyncSysGenID.open(handle.path, abi=handle.abi, watcher=False) as sentinel:
+    with AsyncSysGenID.open(handle.path, abi=handle.abi, watcher=False) as sentinel:
         if sentinel.generation != generation:
             return True
         with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -182,7 +150,20 @@ async def moved_on(handle: AsyncSysGenID, generation: int, timeout: float | None
     return False
 
 
-def _loop_is_closed(token: anyio.lowlevel.EventLoopToken | None) -> bool:
-    """Whether the event loop behind ``token`` is closed (asyncio and uvloop can tell)."""
-    is_closed = getattr(getattr(token, "native_token", None), "is_closed", None)
-    return bool(is_closed()) if callable(is_closed) else False
+def _loop_is_gone(token: EventLoopToken) -> bool:
+    """Whether the event loop behind ``token`` can never run again (closed, or its trio run ended)."""
+    native = getattr(token, "native_token", token)
+    is_closed = getattr(native, "is_closed", None)  # asyncio and uvloop
+    if callable(is_closed):
+        return bool(is_closed())
+    run_sync_soon = getattr(native, "run_sync_soon", None)  # trio refuses once the run has finished
+    if callable(run_sync_soon):
+        try:
+            run_sync_soon(_nothing)
+        except RuntimeError:
+            return True
+    return False
+
+
+def _nothing() -> None:
+    return None

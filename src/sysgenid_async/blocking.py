@@ -1,121 +1,52 @@
-"""The blocking twin of the async handle, for threads and code without an event loop.
+"""The blocking handle, for threads and code without an event loop.
 
-Same semantics; waits use ``select.poll`` with timeouts, plus an eventfd so that a
-close from another thread wakes a waiting thread at once. Nothing busy-waits.
+The same semantics as the async handle. A thread waits in ``poll()`` on the device and on
+the device's wake-up eventfd (see :meth:`~sysgenid_async.device.Device.wait_readable`),
+so a close from another thread wakes it at once. Nothing busy-waits.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import select
-import threading
-import time
 from collections.abc import Iterator
-from types import TracebackType
 
-from .device import AbiChoice, Device, DeviceHandle, WaitResult, validate_timeout
-from .errors import DeviceClosedError, StaleGenerationError
+from .device import AbiChoice, Device, WaitResult
+from .errors import DeviceClosedError
+from .timeouts import Deadline, validate_timeout
 
 __all__ = ["BlockingSysGenID", "watch_blocking"]
 
 
-class BlockingSysGenID(DeviceHandle):
+class BlockingSysGenID(Device):
     """An open watcher of the device, for blocking code. A context manager.
 
-    Besides what is below: ``generation`` (the fast probe), ``ack()``,
-    ``outdated_watchers()``, ``trigger()``, ``path``, ``abi``, ``closed``, ``device``.
+    Besides the waits below, what every handle has: ``generation`` (the fast probe),
+    ``ack()``, ``outdated_watchers()``, ``trigger()``, ``path``, ``abi``, ``closed``.
+    Any number of threads may wait on it; a close wakes them all.
     """
-
-    def __init__(self, device: Device) -> None:
-        super().__init__(device)
-        # A close from another thread writes here to wake a thread blocked in poll().
-        self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._lock = threading.Lock()
-        self._waiters = 0
-
-    @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike[str] | None = None,
-        *,
-        abi: AbiChoice = "auto",
-        watcher: bool = True,
-    ) -> BlockingSysGenID:
-        device = Device.open(path, abi=abi, watcher=watcher)
-        try:
-            return cls(device)
-        except BaseException:
-            device.close()
-            raise
 
     def wait_for_change(self, timeout: float | None = None) -> int | None:
         """Block until this handle has an unacknowledged generation; None on timeout."""
-        timeout = validate_timeout(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        device = self._device
+        deadline = Deadline(timeout)
         while True:
-            generation = device.read_nowait()
+            generation = self.read_nowait()
             if generation is not None:
                 return generation
-            if deadline is None:
-                wait_ms = -1
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                wait_ms = math.ceil(remaining * 1000)
-            with device.using_fd() as fd:
-                with self._lock:
-                    if self._wakeup < 0:  # closed between the check and here
-                        raise DeviceClosedError(f"{device.path}: the handle is closed")
-                    self._waiters += 1
-                    wakeup = self._wakeup
-                try:
-                    poller = select.poll()
-                    poller.register(fd, select.POLLIN)
-                    poller.register(wakeup, select.POLLIN)
-                    events = poller.poll(wait_ms)
-                finally:
-                    with self._lock:
-                        self._waiters -= 1
-                        if device.closed and not self._waiters:
-                            self._close_wakeup()
-            if any(ready_fd == wakeup for ready_fd, _ in events):
-                raise DeviceClosedError(f"{device.path}: the handle was closed while waiting")
+            if deadline.expired():
+                return None
+            self.wait_readable(deadline.remaining())
 
     def wait_watchers(self, timeout: float | None = None) -> WaitResult:
-        """Block until every watcher has acknowledged (see :meth:`Device.wait_watchers`)."""
-        return self._device.wait_watchers(timeout)
+        """Block until no watcher is outdated, the timeout runs out, or this handle is outdated.
 
-    def close(self) -> None:
-        """Idempotent; a thread blocked in :meth:`wait_for_change` gets DeviceClosedError."""
-        with self._lock:
-            if self._device.closed:
-                return
-            self._device.close()
-            if self._waiters:
-                os.eventfd_write(self._wakeup, 1)  # the last waiter closes it on its way out
-            else:
-                self._close_wakeup()
-
-    def _close_wakeup(self) -> None:
-        if self._wakeup >= 0:
-            os.close(self._wakeup)
-            self._wakeup = -1
-
-    def __del__(self) -> None:
-        if getattr(self, "_wakeup", -1) >= 0:
-            self._close_wakeup()
-
-    def __enter__(self) -> BlockingSysGenID:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        Waits in slices of at most 50 ms, so that a close from another thread and
+        Python's signal handlers take effect promptly.
+        """
+        deadline = Deadline(timeout)
+        while True:
+            result = self.wait_watchers_slice(deadline.next_slice())
+            if result is not WaitResult.TIMED_OUT or deadline.expired():
+                return result
 
 
 class watch_blocking:  # noqa: N801 - used like a function
@@ -145,8 +76,7 @@ class watch_blocking:  # noqa: N801 - used like a function
             raise StopIteration
         pending, self._pending = self._pending, None
         if pending is not None:
-            with contextlib.suppress(StaleGenerationError):  # a newer one is pending
-                handle.ack(pending)
+            handle.ack_unless_moved_on(pending)
         try:
             generation = handle.wait_for_change(self._timeout)
         except DeviceClosedError:

@@ -28,8 +28,9 @@ from .async_device import AsyncSysGenID
 from .blocking import BlockingSysGenID
 from .device import Device, WaitResult
 from .errors import DeviceNotFoundError, DevicePermissionError, SysGenIDError
-from .orchestrator import likely_cause_of_timeout
+from .restore.orchestrator import likely_cause_of_timeout
 from .selftest import format_table, run_selftest
+from .timeouts import Deadline, validate_timeout
 from .uapi import Abi
 
 __all__ = ["EXIT_CODES", "cli", "main"]
@@ -71,19 +72,21 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
-def _non_negative_float(text: str) -> float:
+def _timeout(text: str) -> float | None:
+    """Seconds, checked as every timeout of the library is (``inf``: no limit)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+    try:
+        return validate_timeout(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}") from None
 
 
 def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0 or value == float("inf"):
+    value = _timeout(text)
+    if value is None or value == 0:
         raise argparse.ArgumentTypeError(f"must be a positive, finite number: {text!r}")
     return value
 
@@ -148,7 +151,7 @@ def _build_parser() -> _Parser:
                          help="minimum new generation (default 0: current + 1)")
 
     wait = commands.add_parser("wait-watchers", help="wait until every watcher has acknowledged")
-    wait.add_argument("--timeout", type=_non_negative_float, metavar="SECONDS", help="give up after SECONDS")
+    wait.add_argument("--timeout", type=_timeout, metavar="SECONDS", help="give up after SECONDS")
 
     selftest = commands.add_parser("selftest", help="check that the live device behaves as documented")
     selftest.add_argument("--allow-trigger", action="store_true", help="also check a forced generation change")
@@ -209,7 +212,7 @@ def _watch(options: argparse.Namespace) -> int:
 
     async def run() -> int:
         from .async_device import moved_on
-        from .restore_watcher import RetryPolicy
+        from .restore.watcher import RetryPolicy
         from .watch import watch
 
         retry = RetryPolicy(initial_delay=options.retry_delay, max_delay=max(options.retry_delay, 60.0),
@@ -260,12 +263,11 @@ def _trigger(options: argparse.Namespace) -> int:
 
 
 def _wait_watchers(options: argparse.Namespace) -> int:
-    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    deadline = Deadline(options.timeout)
     while True:
         # Probe-only (read-only, untracked): a node this user may only read will do.
         with BlockingSysGenID.open(options.device, abi=options.abi, watcher=False) as handle:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            result = handle.wait_watchers(remaining)
+            result = handle.wait_watchers(deadline.remaining())
             abi, generation = handle.abi, handle.generation
         # Outdated itself (a newer generation): a fresh file starts up to date; wait on with one.
         if result is not WaitResult.CALLER_OUTDATED:

@@ -1,8 +1,14 @@
-"""The thin device layer: owns one open file of the device and performs its syscalls.
+"""The device layer: one open file of the device, its syscalls, and the registry of its waiters.
 
-No event loop here. Everything is non-blocking except :meth:`Device.wait_watchers`,
-which blocks in the kernel (in slices, so that a close or a signal is seen promptly).
-The async handle and the blocking twin are built on this class.
+No event loop here. Every operation is non-blocking except :meth:`Device.wait_readable`
+(a thread's blocking wait) and :meth:`Device.wait_watchers_slice` (one bounded
+WAIT_WATCHERS call). The async handle (:class:`~sysgenid_async.AsyncSysGenID`) and the
+blocking one (:class:`~sysgenid_async.BlockingSysGenID`) are this class plus their waits.
+
+Every wait, a thread's or a task's, registers here with its own way of being woken
+(:class:`Waiter`). :meth:`Device.close` marks the handle closed, wakes every registered
+waiter, and closes the file once the last of them (and every syscall in flight) has left,
+so that no waiter ever polls a number that a later ``open`` may reuse.
 """
 
 from __future__ import annotations
@@ -15,48 +21,31 @@ import os
 import select
 import sys
 import threading
-import time
 import weakref
-from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, Protocol
+
+from typing_extensions import Self
 
 from . import uapi
 from .errors import (
     AbiMismatchError,
+    ConcurrentWaitError,
     DeviceClosedError,
     ForkedHandleError,
     NotASysGenIDDeviceError,
+    Operation,
     ReadOnlyHandleError,
     StaleGenerationError,
     UnsupportedByAbiError,
     map_os_errors,
 )
 from .rawfile import RawFile, open_raw
+from .timeouts import Deadline
 from .uapi import Abi
 
-__all__ = ["AbiChoice", "Device", "DeviceHandle", "WaitResult", "resolve_device_path", "validate_generation"]
+__all__ = ["AbiChoice", "Device", "WaitResult", "Waiter", "resolve_device_path", "validate_generation"]
 
 AbiChoice = Abi | Literal["auto", "v4", "v8"]
-
-#: Longest single WAIT_WATCHERS call; a close or cancel waits at most this long.
-WAIT_SLICE_SECONDS = 0.05
-
-
-class SlicedWait:
-    """A deadline (``wait_watchers``, the restore gate's waits), handed out as slices of at
-    most 50 ms, so that a close, a cancel or a signal is seen promptly."""
-
-    def __init__(self, timeout: object) -> None:
-        seconds = validate_timeout(timeout)
-        self._deadline = None if seconds is None else time.monotonic() + seconds
-
-    def next_slice(self) -> float:
-        if self._deadline is None:
-            return WAIT_SLICE_SECONDS
-        return min(max(self._deadline - time.monotonic(), 0.0), WAIT_SLICE_SECONDS)
-
-    def expired(self) -> bool:
-        return self._deadline is not None and time.monotonic() >= self._deadline
 
 
 class WaitResult(enum.Enum):
@@ -68,6 +57,23 @@ class WaitResult(enum.Enum):
     TIMED_OUT = "timed-out"
     #: This handle itself has not acknowledged the current generation: read, handle, ack, retry.
     CALLER_OUTDATED = "caller-outdated"
+
+
+class Waiter(Protocol):
+    """One wait on a :class:`Device`, as the waiter registry sees it."""
+
+    #: The event loop the waiter runs on (its native token), or None for a thread. Two
+    #: waiters of one loop on one handle are refused: a loop watches an fd for one task.
+    @property
+    def loop(self) -> object | None: ...
+
+    def wake(self, fd: int) -> bool:
+        """Called by :meth:`Device.close`, in the closing thread, before ``fd`` is closed.
+
+        Returns True when the waiter will leave by itself (and unregister); False when it
+        never can (its event loop has gone): the registry then lets go on its behalf.
+        """
+        ...
 
 
 def resolve_device_path(path: str | os.PathLike[str] | None = None) -> str:
@@ -86,16 +92,6 @@ def validate_generation(value: object, name: str = "generation") -> int:
     if not 0 <= value <= uapi.GENERATION_MAX:
         raise ValueError(f"{name} must be in 0..{uapi.GENERATION_MAX}, got {value}")
     return value
-
-
-def validate_timeout(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(value).__name__}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"timeout must be >= 0 seconds, got {value}")
-    return None if math.isinf(value) else float(value)
 
 
 def _coerce_abi(abi: object) -> Abi | None:
@@ -151,7 +147,8 @@ class _ForkedView(_ClosedView):
 class Device:
     """One open file of the device: a watcher (v4 always; v8 when tracking is on).
 
-    Use :meth:`open`. Not async; operations other than :meth:`wait_watchers` never block.
+    Use :meth:`open`. The fd layer: its operations never block, except
+    :meth:`wait_readable` and :meth:`wait_watchers_slice`.
     """
 
     def __init__(self, raw: RawFile, path: str, abi: Abi, *, watcher: bool, readonly: bool = False) -> None:
@@ -165,9 +162,13 @@ class Device:
         self.readonly = readonly
         self._pid = _pid
         self._lock = threading.Lock()
+        # Syscalls and waits in progress: the file is closed only when the last one leaves.
         self._in_flight = 0
+        self._waiters: list[Waiter] = []
+        # Written by close() to wake the threads blocked in wait_readable(); made on first use.
+        self._thread_wakeup = -1
         self._close_requested = False
-        with map_os_errors("map", path):
+        with map_os_errors(Operation.MAP, path):
             page = raw.map_page()
         self._page = page
         self._view: memoryview | _ClosedView = page.cast("I")
@@ -186,9 +187,10 @@ class Device:
         *,
         abi: AbiChoice = "auto",
         watcher: bool = True,
-    ) -> Device:
+    ) -> Self:
         """Open the device non-blocking and map its page.
 
+        ``path`` defaults to ``$SYSGENID_DEVICE``, then ``/dev/sysgenid``.
         ``abi="auto"`` probes with the v4 query (side-effect free on both ABIs).
         ``watcher=False`` opens for probing only: read-only (a node the caller may only
         read will do), and on v8 the file does not enable tracking. Such a handle cannot
@@ -199,7 +201,7 @@ class Device:
         forced = _coerce_abi(abi)
         if not isinstance(watcher, bool):
             raise TypeError(f"watcher must be a bool, not {type(watcher).__name__}")
-        with map_os_errors("open", resolved):
+        with map_os_errors(Operation.OPEN, resolved):
             raw = open_raw(resolved, readonly=not watcher)
         try:
             if not raw.is_character_device():
@@ -249,15 +251,19 @@ class Device:
     def closed(self) -> bool:
         return self._close_requested
 
+    def _check_usable(self) -> None:
+        """Under the lock: refuse a handle of the parent after fork, or a closed one."""
+        if self._pid != _pid:
+            raise ForkedHandleError(
+                f"{self.path}: this handle was opened by process {self._pid} before a fork; "
+                "open a new one in the child (acknowledging here would ack for the parent)"
+            )
+        if self._close_requested:
+            raise DeviceClosedError(f"{self.path}: the handle is closed")
+
     def _enter(self) -> None:
         with self._lock:
-            if self._pid != _pid:
-                raise ForkedHandleError(
-                    f"{self.path}: this handle was opened by process {self._pid} before a fork; "
-                    "open a new one in the child (acknowledging here would ack for the parent)"
-                )
-            if self._close_requested:
-                raise DeviceClosedError(f"{self.path}: the handle is closed")
+            self._check_usable()
             self._in_flight += 1
 
     def _exit(self) -> None:
@@ -267,20 +273,11 @@ class Device:
         if last:
             self._release()
 
-    @contextlib.contextmanager
-    def using_fd(self) -> Iterator[int]:
-        """Keep the descriptor open (a concurrent close is deferred) while polling on it."""
-        self._enter()
-        try:
-            yield self._raw.fileno()
-        finally:
-            self._exit()
-
     def read_nowait(self) -> int | None:
         """The generation this handle has not acknowledged yet, or None when up to date."""
         self._enter()
         try:
-            with map_os_errors("read", self.path):
+            with map_os_errors(Operation.READ, self.path):
                 try:
                     data = self._raw.read(uapi.GENERATION_SIZE)
                 except BlockingIOError:
@@ -303,7 +300,7 @@ class Device:
             )
         self._enter()
         try:
-            with map_os_errors("ack", self.path):
+            with map_os_errors(Operation.ACK, self.path):
                 try:
                     self._raw.write(generation.to_bytes(uapi.GENERATION_SIZE, sys.byteorder))
                 except OSError as exc:
@@ -313,6 +310,15 @@ class Device:
             self.acknowledged = generation
         finally:
             self._exit()
+
+    def ack_unless_moved_on(self, generation: int) -> bool:
+        """Acknowledge ``generation`` unless a newer one has come (that one is read next:
+        changes that pile up coalesce). True if acknowledged."""
+        try:
+            self.ack(generation)
+        except StaleGenerationError:
+            return False
+        return True
 
     def is_outdated(self) -> bool:
         """Whether this handle has not acknowledged the current generation (a zero-time poll)."""
@@ -328,7 +334,7 @@ class Device:
             raise UnsupportedByAbiError(
                 f"{self.path}: counting outdated watchers is not supported by the {self.abi.value} ABI"
             )
-        return self._ioctl("outdated", uapi.SYSGENID_GET_OUTDATED_WATCHERS, 0)
+        return self._ioctl(Operation.OUTDATED, uapi.SYSGENID_GET_OUTDATED_WATCHERS, 0)
 
     def set_tracking(self, enabled: bool) -> None:
         """v8: make this file count (or stop counting) among the watchers."""
@@ -343,7 +349,7 @@ class Device:
                 f"{self.path}: a probe-only handle (watcher=False, read-only) cannot acknowledge, so it must "
                 "not be tracked: every orchestrator would wait for it; open one with watcher=True"
             )
-        self._ioctl("tracking", uapi.SYSGENID_V8_SET_WATCHER_TRACKING, int(enabled))
+        self._ioctl(Operation.TRACKING, uapi.SYSGENID_V8_SET_WATCHER_TRACKING, int(enabled))
         self.watcher = enabled
 
     def trigger(self, min_generation: int = 0) -> int:
@@ -353,10 +359,10 @@ class Device:
         device reports afterwards (another change may already have followed).
         """
         validate_generation(min_generation, "min_generation")
-        self._ioctl("trigger", self.abi.trigger_request, min_generation)
+        self._ioctl(Operation.TRIGGER, self.abi.trigger_request, min_generation)
         return self.generation
 
-    def _ioctl(self, operation: str, request: int, arg: int) -> int:
+    def _ioctl(self, operation: Operation, request: int, arg: int) -> int:
         self._enter()
         try:
             with map_os_errors(operation, self.path):
@@ -369,7 +375,7 @@ class Device:
         ms = max(1, min(math.ceil(timeout * 1000), 2**31 - 1))
         self._enter()
         try:
-            with map_os_errors("wait", self.path):
+            with map_os_errors(Operation.WAIT, self.path):
                 try:
                     self._raw.ioctl(self.abi.wait_watchers_request, ms)
                 except OSError as exc:
@@ -387,34 +393,92 @@ class Device:
         poller.register(self._raw.fileno(), select.POLLIN)
         return bool(poller.poll(0))
 
-    def wait_watchers(self, timeout: float | None = None) -> WaitResult:
-        """Block until no watcher is outdated, the timeout runs out, or this handle is outdated.
+    # -- the waiter registry ---------------------------------------------------------------
 
-        Waits in slices of at most 50 ms, so that a close from another thread and
-        Python's signal handlers take effect promptly.
+    def add_waiter(self, waiter: Waiter) -> int:
+        """Register ``waiter`` and return the descriptor it may wait on until :meth:`remove_waiter`.
+
+        The descriptor stays open (a close is deferred) while the waiter is registered, and
+        :meth:`close` wakes the waiter first. A second waiter of the event loop that one
+        already waits from is refused (:class:`~sysgenid_async.errors.ConcurrentWaitError`).
         """
-        wait = SlicedWait(timeout)
-        while True:
-            result = self.wait_watchers_slice(wait.next_slice())
-            if result is not WaitResult.TIMED_OUT or wait.expired():
-                return result
+        loop = waiter.loop
+        with self._lock:
+            self._check_usable()
+            if loop is not None and any(other.loop is loop for other in self._waiters):
+                raise ConcurrentWaitError(
+                    f"{self.path}: another task of this event loop is already waiting on this handle; "
+                    "one task per loop may wait on a handle (subscribe to the restore watcher, or open "
+                    "a handle per task)"
+                )
+            self._in_flight += 1
+            self._waiters.append(waiter)
+            return self._raw.fileno()
+
+    def remove_waiter(self, waiter: Waiter) -> None:
+        """The waiter has left. Idempotent: close() may have let go of it already."""
+        with self._lock:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                return
+            self._in_flight -= 1
+            last = self._close_requested and self._in_flight == 0
+        if last:
+            self._release()
+
+    def wait_readable(self, timeout: float | None = None) -> bool:
+        """Block this thread until the handle is outdated (True) or ``timeout`` ran out (False).
+
+        Raises :class:`~sysgenid_async.errors.DeviceClosedError` when the handle is closed,
+        before or during the wait (a close from another thread wakes it at once).
+        """
+        deadline = Deadline(timeout)
+        waiter = _ThreadWaiter(self)
+        with self._lock:
+            if self._thread_wakeup < 0 and not self._close_requested:
+                self._thread_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fd = self.add_waiter(waiter)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.register(self._thread_wakeup, select.POLLIN)
+            events = poller.poll(deadline.poll_milliseconds())
+        finally:
+            self.remove_waiter(waiter)
+        if self._close_requested:
+            raise DeviceClosedError(f"{self.path}: the handle was closed while waiting")
+        return bool(events)
 
     # -- closing -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the handle. Idempotent; a call in flight in another thread finishes first."""
+        """Close the handle: idempotent, from any thread.
+
+        Marks it closed, wakes every registered waiter (each gets DeviceClosedError), and
+        closes the file once the last waiter or syscall in flight has left.
+        """
         with self._lock:
             if self._close_requested:
                 return
             self._close_requested = True
-            self._fd = -1  # the number may be reused by the next open: never hand it out again
-            last = self._in_flight == 0
+            fd, self._fd = self._fd, -1  # the number may be reused by the next open: never hand it out again
+            waiters = list(self._waiters)
         self._view = _ClosedView(self.path)
+        gone = [waiter for waiter in waiters if not waiter.wake(fd)]
+        for waiter in gone:
+            self.remove_waiter(waiter)
+        with self._lock:
+            last = self._in_flight == 0
         if last:
             self._release()
 
     def _release(self) -> None:
         self._finalizer()
+        with self._lock:
+            wakeup, self._thread_wakeup = self._thread_wakeup, -1
+        if wakeup >= 0:
+            os.close(wakeup)
 
     def _release_in_child(self) -> None:
         """After fork, in the child: drop this process's references to the parent's file."""
@@ -423,11 +487,15 @@ class Device:
             return
         self._close_requested = True
         self._fd = -1
+        self._waiters = []  # the parent's threads and loops do not run here
         self._view = _ForkedView(self.path)
         with contextlib.suppress(BufferError, OSError):
             self._finalizer()
+        if self._thread_wakeup >= 0:
+            os.close(self._thread_wakeup)
+            self._thread_wakeup = -1
 
-    def __enter__(self) -> Device:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -435,52 +503,26 @@ class Device:
 
     def __repr__(self) -> str:
         state = "closed" if self._close_requested else f"fd={self._fd}"
-        return f"<Device {self.path} abi={self.abi.value} {state}>"
+        return f"<{type(self).__name__} {self.path} abi={self.abi.value} {state}>"
 
 
-class DeviceHandle:
-    """What the async handle and the blocking twin share: a :class:`Device` and its plain calls."""
+class _ThreadWaiter:
+    """A thread blocked in :meth:`Device.wait_readable`: woken through the device's eventfd."""
+
+    __slots__ = ("_device",)
+
+    loop = None
 
     def __init__(self, device: Device) -> None:
         self._device = device
 
-    @property
-    def device(self) -> Device:
-        """The underlying thin device handle."""
-        return self._device
-
-    @property
-    def path(self) -> str:
-        return self._device.path
-
-    @property
-    def abi(self) -> Abi:
-        return self._device.abi
-
-    @property
-    def closed(self) -> bool:
-        return self._device.closed
-
-    @property
-    def generation(self) -> int:
-        """The current generation from the mapped page: one memory read, no syscall."""
-        return self._device._view[0]  # not via Device.generation: one property call, not two
-
-    def ack(self, generation: int) -> None:
-        """Acknowledge ``generation``; :class:`StaleGenerationError` if the device moved on."""
-        self._device.ack(generation)
-
-    def outdated_watchers(self) -> int:
-        """How many watchers have not acknowledged (v4 only; v8 raises UnsupportedByAbiError)."""
-        return self._device.outdated_watchers()
-
-    def trigger(self, min_generation: int = 0) -> int:
-        """Force a generation change (privileged); returns the generation afterwards."""
-        return self._device.trigger(min_generation)
+    def wake(self, fd: int) -> bool:
+        os.eventfd_write(self._device._thread_wakeup, 1)
+        return True
 
 
 def _probe_abi(raw: RawFile, path: str) -> Abi:
-    with map_os_errors("probe", path):
+    with map_os_errors(Operation.PROBE, path):
         try:
             raw.ioctl(uapi.SYSGENID_GET_OUTDATED_WATCHERS, 0)
         except OSError as exc:

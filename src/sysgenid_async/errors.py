@@ -7,9 +7,12 @@ exception fits, the class derives from it too, so ``except PermissionError`` and
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import stat
+
+from .uapi import TRIGGER_CAPABILITIES
 
 __all__ = [
     "AbiMismatchError",
@@ -17,6 +20,7 @@ __all__ = [
     "DeviceIOError",
     "DeviceNotFoundError",
     "DevicePermissionError",
+    "ConcurrentWaitError",
     "ForkedHandleError",
     "NotASysGenIDDeviceError",
     "ReadOnlyHandleError",
@@ -27,10 +31,9 @@ __all__ = [
     "SysGenIDError",
     "TriggerPermissionError",
     "UnsupportedByAbiError",
+    "Operation",
     "map_os_errors",
 ]
-
-TRIGGER_CAPABILITIES = "CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN"
 
 
 class SysGenIDError(Exception):
@@ -86,6 +89,15 @@ class StaleGenerationError(SysGenIDError, ValueError):
 
 class DeviceClosedError(SysGenIDError):
     """The handle was closed (possibly by another task while this one waited)."""
+
+
+class ConcurrentWaitError(SysGenIDError, RuntimeError):
+    """A second task of the same event loop waited on a handle that one of its tasks waits on.
+
+    One task per event loop may wait on a handle (threads, and tasks on other loops, may
+    wait beside it). Share the changes through the restore watcher's subscriptions, or open
+    a handle per task.
+    """
 
 
 class ReadOnlyHandleError(SysGenIDError):
@@ -146,17 +158,32 @@ def _device_hint(path: str) -> str:
     )
 
 
-class map_os_errors:  # noqa: N801 - used like a function: ``with map_os_errors("read", path):``
+class Operation(enum.Enum):
+    """What the device was asked to do when an errno came back: it decides what the errno means."""
+
+    OPEN = "open"
+    READ = "read"
+    ACK = "ack"
+    PROBE = "probe"
+    MAP = "map"
+    TRIGGER = "trigger"
+    TRACKING = "tracking"
+    WAIT = "wait"
+    OUTDATED = "outdated"
+
+
+class map_os_errors:  # noqa: N801 - used like a function: ``with map_os_errors(Operation.READ, path):``
     """Turn an ``OSError`` raised inside the block into the library's typed error.
 
-    ``operation`` is one of ``open``, ``read``, ``ack``, ``probe``, ``map``, ``trigger``,
-    ``tracking``, ``wait`` or ``outdated``; it decides what an errno means. A class, not
-    a generator-based context manager: it wraps every read and ack, so it must be cheap.
+    A class, not a generator-based context manager: it wraps every read and ack, so it
+    must be cheap.
     """
 
     __slots__ = ("operation", "path")
 
-    def __init__(self, operation: str, path: str) -> None:
+    def __init__(self, operation: Operation, path: str) -> None:
+        if not isinstance(operation, Operation):
+            raise TypeError(f"operation must be an Operation, not {operation!r}")
         self.operation = operation
         self.path = path
 
@@ -183,27 +210,27 @@ def _node_owner(path: str) -> str:
     return f" (mode {stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid}, group gid {info.st_gid})"
 
 
-def _translate(exc: OSError, operation: str, path: str) -> SysGenIDError:
+def _translate(exc: OSError, operation: Operation, path: str) -> SysGenIDError:
     code = exc.errno
     reason = exc.strerror or str(exc)
     if code == errno.EBADF:
         return DeviceClosedError(f"{path}: the handle is closed")
-    if operation == "open":
+    if operation is Operation.OPEN:
         if code in (errno.ENOENT, errno.ENXIO, errno.ENODEV):
             return DeviceNotFoundError(code, _device_hint(path), path)
         if code in (errno.EACCES, errno.EPERM):
             return DevicePermissionError(code, f"{path}: permission denied{_node_owner(path)}; {_ACCESS_HINT}", path)
         if code in (errno.EISDIR, errno.ENOTDIR):
             return NotASysGenIDDeviceError(code, f"{path}: not a sysgenid device ({reason})", path)
-    if operation == "trigger" and code in (errno.EACCES, errno.EPERM):
+    if operation is Operation.TRIGGER and code in (errno.EACCES, errno.EPERM):
         return TriggerPermissionError(
             code,
-            f"{path}: forcing a generation change needs {TRIGGER_CAPABILITIES}",
+            f"{path}: forcing a generation change needs {' or '.join(sorted(TRIGGER_CAPABILITIES))}",
             path,
         )
-    if operation in ("probe", "map") and code in (
+    if operation in (Operation.PROBE, Operation.MAP) and code in (
         errno.ENOTTY, errno.ENODEV, errno.EINVAL, errno.EACCES, errno.ENOSYS,
     ):
-        what = "answer the sysgenid query" if operation == "probe" else "map the generation page"
+        what = "answer the sysgenid query" if operation is Operation.PROBE else "map the generation page"
         return NotASysGenIDDeviceError(code, f"{path}: not a sysgenid device (cannot {what}: {reason})", path)
-    return DeviceIOError(code, f"{path}: {operation} failed: {reason}", path)
+    return DeviceIOError(code, f"{path}: {operation.value} failed: {reason}", path)

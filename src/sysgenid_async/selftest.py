@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 from . import uapi
 from .device import resolve_device_path
-from .errors import map_os_errors
+from .errors import Operation, map_os_errors
 from .rawfile import RawFile, open_raw
 from .uapi import Abi
 
@@ -76,7 +76,7 @@ def run_selftest(path: str | None = None, *, allow_trigger: bool = False) -> lis
     """
     resolved = resolve_device_path(path)
     results: list[CheckResult] = []
-    with map_os_errors("open", resolved):
+    with map_os_errors(Operation.OPEN, resolved):
         raw = open_raw(resolved)
     try:
         results.extend(_run_checks(raw, resolved, allow_trigger))

@@ -43,6 +43,9 @@ GENERATION_MAX: Final = 2**32 - 1
 #: The mmap fast probe is one page at offset 0; the generation is its first u32.
 PAGE_SIZE: Final = mmap.PAGESIZE
 
+#: Either capability allows a forced generation change (both ABIs), in the initial user namespace.
+TRIGGER_CAPABILITIES: Final = frozenset({"CAP_CHECKPOINT_RESTORE", "CAP_SYS_ADMIN"})
+
 # v4, the documented ABI (the LKML patch of January 2021).
 SYSGENID_IOCTL: Final = 0x2D
 SYSGENID_GET_OUTDATED_WATCHERS: Final = _IO(SYSGENID_IOCTL, 1)

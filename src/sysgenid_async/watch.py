@@ -14,7 +14,6 @@ reaches the iteration closes the watch at once.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from types import TracebackType
@@ -23,7 +22,7 @@ import anyio
 
 from .async_device import AsyncSysGenID
 from .device import AbiChoice
-from .errors import DeviceClosedError, StaleGenerationError
+from .errors import DeviceClosedError
 
 __all__ = ["watch"]
 
@@ -101,8 +100,7 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
         handle = self.handle
         pending, self._pending = self._pending, None
         if pending is not None:
-            with contextlib.suppress(StaleGenerationError):
-                handle.ack(pending)  # stale: a newer generation waits and is read next (coalescing)
+            handle.ack_unless_moved_on(pending)
         generation = await handle.wait_for_change()
         self._pending = generation
         return generation
@@ -123,8 +121,7 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
         """Acknowledge the generation last yielded now, before the next iteration would."""
         pending, self._pending = self._pending, None
         if pending is not None and self._handle is not None:
-            with contextlib.suppress(StaleGenerationError):
-                self._handle.ack(pending)
+            self._handle.ack_unless_moved_on(pending)
 
     def close(self) -> None:
         """Close the device; an iteration waiting on it ends (StopAsyncIteration)."""

@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from .. import gate, reseed
-from ..hooks import restore_hooks
+from ..restore import gate, reseed
+from ..restore.hooks import restore_hooks
 
 __all__ = ["isolated_state"]
 

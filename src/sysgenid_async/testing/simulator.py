@@ -22,12 +22,10 @@ from .. import uapi
 from ..device import validate_generation
 from ..errors import SimulatorProcessError
 from ..rawfile import SIMULATOR_ENV_VAR, install_opener, remove_opener
-from ..uapi import Abi
+from ..uapi import TRIGGER_CAPABILITIES, Abi
 
 __all__ = ["TRIGGER_CAPABILITIES", "Flavour", "Quirk", "SimulatedDevice", "SimulatedFile"]
 
-#: Either capability allows FORCE_GEN_UPDATE / TRIGGER_GEN_UPDATE.
-TRIGGER_CAPABILITIES = frozenset({"CAP_CHECKPOINT_RESTORE", "CAP_SYS_ADMIN"})
 
 
 class Quirk(str, enum.Enum):

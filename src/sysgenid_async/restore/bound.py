@@ -13,14 +13,16 @@ A value is never built from state older than its generation: before it calls the
 for a new generation, it asks the restore gate of its hook registry (the process's, by
 default) to confirm that every restore hook up to its ``phase`` has succeeded for that
 generation, and runs them there if they are sync and nobody has yet (see
-:mod:`~sysgenid_async.gate`).
+:mod:`~sysgenid_async.restore.gate`).
 
-The generation comes from a probe. By default, while a
-:class:`~sysgenid_async.RestoreWatcher` runs in the process, that is the watcher's own
-file (acknowledged after the hooks). Otherwise it is the process probe: a probe-only file
-on v8, kept open; on v4, where every open file is a watcher, a file opened and closed for
-each check, so that no idle process is left outdated (the hot path then costs an open:
-run a restore watcher, or pass a probe, where that matters).
+The generation comes from a probe: the one given (``probe=``), else the one the gate of the
+value's registry hands out (:meth:`~sysgenid_async.restore.gate.RestoreGate.probe`). While
+a :class:`~sysgenid_async.restore.RestoreWatcher` serves that registry, that is the
+watcher's own file (acknowledged after the hooks). Otherwise it is the process probe: a
+probe-only file on v8, kept open; on v4, where every open file is a watcher, a file opened
+and closed for each check, so that no idle process is left outdated (the hot path then
+costs an open: run a restore watcher, or pass a probe, where that matters). A watcher that
+serves another registry is not read: each registry's values follow their own watcher.
 """
 
 from __future__ import annotations
@@ -28,41 +30,17 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Generic, Protocol, TypeVar, overload
+from typing import Generic, TypeVar, overload
 
 import anyio
 
-from .device import Device
-from .gate import RESTORE_WAIT_SECONDS, RestoreGate, read_generation
+from ..device import Device
+from .gate import RESTORE_WAIT_SECONDS, GenerationProbe, RestoreGate
 from .hooks import RestoreHooks, check_callable_as, restore_hooks
 
-__all__ = ["AsyncGenerationBound", "GenerationBound", "GenerationProbe", "generation_bound", "shared_probe"]
+__all__ = ["AsyncGenerationBound", "GenerationBound", "GenerationProbe", "generation_bound"]
 
 T = TypeVar("T")
-
-
-class GenerationProbe(Protocol):
-    """Anything with a cheap ``generation`` (a Device, an AsyncSysGenID, a RestoreWatcher)."""
-
-    @property
-    def generation(self) -> int: ...
-
-
-def shared_probe() -> GenerationProbe:
-    """What bound values read when given no probe: the running restore watcher's file, else
-    the process probe (a probe-only file on v8; on v4, a file opened and closed per check)."""
-    device = restore_hooks.gate.probe_device()
-    return _ShortLivedProbe() if device is None else device
-
-
-class _ShortLivedProbe:
-    """The generation through a file opened and closed per read: no watcher left open (v4)."""
-
-    __slots__ = ()
-
-    @property
-    def generation(self) -> int:
-        return read_generation()
 
 
 _UNSET = object()
@@ -72,9 +50,8 @@ _NO_VIEW = (-2,)
 
 
 def _page_view_of(probe: GenerationProbe) -> memoryview | tuple[int]:
-    """The live page view behind ``probe`` (a Device or a handle on one), or ``_NO_VIEW``."""
-    device = probe if isinstance(probe, Device) else getattr(probe, "device", None)
-    view = device.page_view() if isinstance(device, Device) else None
+    """The live page view behind ``probe`` (a handle on the device), or ``_NO_VIEW``."""
+    view = probe.page_view() if isinstance(probe, Device) else None
     return _NO_VIEW if view is None else view
 
 
@@ -110,7 +87,7 @@ class _Bound:
 
     def _current(self) -> tuple[GenerationProbe, int]:
         """Look the probe up, cache its page view, and read its generation."""
-        probe = self._probe or shared_probe()
+        probe = self._probe or self._gate.probe()
         generation = probe.generation  # raises the probe's own error (closed, not running)
         self._view = _page_view_of(probe)
         return probe, generation

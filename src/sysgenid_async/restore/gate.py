@@ -1,6 +1,6 @@
 """The restore gate: nothing is built for a generation before its restore hooks have run.
 
-Every :class:`~sysgenid_async.RestoreHooks` registry has one gate. For each new generation
+Every :class:`~sysgenid_async.restore.RestoreHooks` registry has one gate. For each new generation
 the gate keeps one *run*: a pass over the registry's hooks in run order, shared by
 whoever needs it first. The restore watcher drives it; so does a generation-bound value
 touched first (sync hooks, run inline in the caller's thread), and ``await restored()``.
@@ -12,15 +12,15 @@ A pass runs the hooks in order; when one fails, the rest of its phase still runs
 errors are gathered), and the pass stops there: no later phase runs on a failed one. A
 retry starts again at the first hook of the failed phase.
 
-The gate also owns the process-wide probe that bound values read when no probe is given:
-the attached restore watcher's file, else a probe-only file on v8; on v4, where every open
-file is a watcher, no file is kept (each check opens, reads and closes), so an idle process
-never holds an orchestrator back.
+The gate also hands bound values the probe they read when given none (:meth:`RestoreGate.probe`):
+the file of the restore watcher serving this registry, which the watcher hands over when it
+attaches and takes back when it detaches; without a watcher, the process probe: a
+probe-only file on v8; on v4, where every open file is a watcher, no file is kept (each
+check opens, reads and closes), so an idle process never holds an orchestrator back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import math
 import os
@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from .device import Device, SlicedWait, resolve_device_path, validate_timeout
-from .errors import RestorePendingError, RestoreWatcherRunningError
-from .uapi import Abi
+from ..device import Device, resolve_device_path
+from ..errors import RestorePendingError, RestoreWatcherRunningError
+from ..timeouts import Deadline, validate_timeout
+from ..uapi import Abi
 
 if TYPE_CHECKING:
     from .hooks import HookError, RestoreHook, RestoreHooks
@@ -118,6 +119,26 @@ class HookRun:
         self.stop_priority = None
 
 
+class GenerationProbe(Protocol):
+    """Anything with a cheap ``generation`` (a handle on the device, a RestoreWatcher)."""
+
+    @property
+    def generation(self) -> int: ...
+
+
+class _ShortLivedProbe:
+    """The generation through a file opened and closed per read: no watcher left open (v4)."""
+
+    __slots__ = ()
+
+    @property
+    def generation(self) -> int:
+        return read_generation()
+
+
+_SHORT_LIVED = _ShortLivedProbe()
+
+
 class _Invalidatable(Protocol):
     def invalidate(self) -> None: ...
 
@@ -157,14 +178,10 @@ class RestoreGate:
             self._watcher_device = device
             if self.ready is None and self._run is None:
                 self.ready = device.generation  # nothing to restore from: the process starts here
-        _watcher_devices.append(device)
-        close_process_probe()  # bound values read the watcher's page now: no other file needed
 
     def detach(self, watcher: object) -> None:
         with self._cond:
             if self._watcher is watcher:
-                with contextlib.suppress(ValueError):
-                    _watcher_devices.remove(self._watcher_device)  # type: ignore[arg-type]
                 self._watcher = self._watcher_thread = self._watcher_device = None
             self._cond.notify_all()
 
@@ -173,13 +190,12 @@ class RestoreGate:
         """The restore watcher serving this registry, if one runs."""
         return self._watcher
 
-    def probe_device(self) -> Device | None:
-        """The page bound values read: this registry's watcher's file, else any running restore
-        watcher's, else the process probe (None on v4: a short-lived file per read)."""
-        device = self._watcher_device
-        if device is None and _watcher_devices:
-            device = _watcher_devices[-1]
-        return device if device is not None else process_probe()
+    def probe(self) -> GenerationProbe:
+        """What values behind this gate read the generation from, when given no probe: the
+        file of the restore watcher serving this registry, else the process probe (on v4, a
+        file opened and closed per read)."""
+        device = self._watcher_device or process_probe()
+        return _SHORT_LIVED if device is None else device
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -284,11 +300,11 @@ class RestoreGate:
         Sync hooks run here if they are next. Otherwise a thread other than the watcher's
         waits (up to :data:`RESTORE_WAIT_SECONDS`); the watcher's own thread cannot wait
         for it, and a failed pass will not succeed before its retry:
-        :class:`~sysgenid_async.RestorePendingError` says so.
+        :class:`~sysgenid_async.restore.RestorePendingError` says so.
         """
         if _running_hooks.get() == (id(self), generation):
             return
-        wait = SlicedWait(RESTORE_WAIT_SECONDS)
+        wait = Deadline(RESTORE_WAIT_SECONDS)
         retried = False
         while True:
             with self._cond:
@@ -322,7 +338,7 @@ class RestoreGate:
         """The async :meth:`require`: run what is next, wait for the rest (up to ``timeout``)."""
         if _running_hooks.get() == (id(self), generation):
             return
-        wait = SlicedWait(timeout)
+        wait = Deadline(timeout)
         retried = False
         while True:
             run = self.pending_run(generation)
@@ -371,15 +387,14 @@ async def restored(
     For request handlers and readiness gates: after it returns, nothing built from the
     library carries state from before the restore. Runs the hooks itself if nothing has
     yet (a request that arrives before the restore watcher's task). ``phase``: only the
-    hooks up to that phase. Raises :class:`~sysgenid_async.RestorePendingError` when they
+    hooks up to that phase. Raises :class:`~sysgenid_async.restore.RestorePendingError` when they
     have not all succeeded within ``timeout`` seconds (None: no limit).
     """
     from .hooks import restore_hooks
 
     seconds = validate_timeout(timeout)
     gate = (restore_hooks if hooks is None else hooks).gate
-    device = gate.probe_device()
-    generation = device.generation if device is not None else read_generation()
+    generation = gate.probe().generation
     await gate.restored(generation, math.inf if phase is None else phase, seconds)
     return generation
 
@@ -388,8 +403,6 @@ async def restored(
 
 _probe: Device | None = None
 _probe_lock = threading.Lock()
-# The files of the restore watchers running in this process, latest last.
-_watcher_devices: list[Device] = []
 # The default path whose ABI is v4: no long-lived file is kept for it.
 _short_lived_path: str | None = None
 
@@ -437,7 +450,6 @@ def _after_fork_in_child() -> None:
     # The parent's files were released by the device layer; its watcher does not run here.
     global _probe, _probe_lock, _short_lived_path
     _probe, _probe_lock, _short_lived_path = None, threading.Lock(), None
-    _watcher_devices.clear()
     for gate in list(_gates):
         ready = gate.ready
         gate.reset()

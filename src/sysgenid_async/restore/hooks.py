@@ -17,7 +17,7 @@ fails, the rest of its phase still runs and the failures are raised together as 
 :class:`RestoreHooksError` (an ``ExceptionGroup``); later phases do not run on top of a
 failed one. A retry starts again at the failed phase, so hooks must be idempotent.
 
-Each registry has a :class:`~sysgenid_async.gate.RestoreGate` (``hooks.gate``): the record of
+Each registry has a :class:`~sysgenid_async.restore.gate.RestoreGate` (``hooks.gate``): the record of
 which generation it has been restored for, which generation-bound values consult.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import enum
 import itertools
+import logging
 import math
 import sys
 import threading
@@ -36,8 +37,8 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from ._log import log_error
-from .device import validate_timeout
+from ..timeouts import validate_timeout
+from .callbacks import maybe_await
 from .gate import HookRun, RestoreGate
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
@@ -53,7 +54,7 @@ __all__ = [
     "restore_hooks",
 ]
 
-LOGGER_NAME = "sysgenid_async.hooks"
+logger = logging.getLogger(__name__)
 
 HookFunction = Callable[[int], object]
 #: A hook: ``hook(generation)``, sync or async. Typed so that a checker rejects another signature.
@@ -136,9 +137,7 @@ class RestoreHook:
         if self._abandoned:
             raise RuntimeError("still running from an earlier attempt that timed out")
         if self.timeout is None:
-            result = function(generation)
-            if self.is_async:
-                await result  # type: ignore[misc]
+            await maybe_await(function(generation))
             return
         with anyio.fail_after(self.timeout):
             if self.is_async:
@@ -184,7 +183,7 @@ class RestoreHook:
 
     def _failed(self, generation: int, exc: BaseException) -> HookError:
         error = HookError(self, generation, exc)
-        log_error(LOGGER_NAME, "%s", error, exc_info=exc)
+        logger.error("%s", error, exc_info=exc)
         return error
 
 
@@ -204,7 +203,7 @@ class RestoreHooks:
         self._hooks: list[RestoreHook] = []
         self._lock = threading.Lock()
         self._sequence = itertools.count()
-        #: Which generation this registry has been restored for (see :mod:`~sysgenid_async.gate`).
+        #: Which generation this registry has been restored for (see :mod:`~sysgenid_async.restore.gate`).
         self.gate = RestoreGate(self)
 
     @overload
@@ -354,7 +353,7 @@ def _caller_cancelled() -> bool:
     return bool(cancelling()) if callable(cancelling) else False
 
 
-#: The process-wide registry that :class:`~sysgenid_async.RestoreWatcher` runs by default.
+#: The process-wide registry that :class:`~sysgenid_async.restore.RestoreWatcher` runs by default.
 restore_hooks = RestoreHooks()
 #: Register on the process-wide registry: ``@on_restore`` or ``@on_restore(phase=...)``.
 on_restore = restore_hooks.register

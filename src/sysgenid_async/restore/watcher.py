@@ -4,7 +4,7 @@
         await serve()
 
 On each change of generation the watcher drives its registry's run of the hooks (through
-the registry's :class:`~sysgenid_async.gate.RestoreGate`, which a generation-bound value
+the registry's :class:`~sysgenid_async.restore.gate.RestoreGate`, which a generation-bound value
 or ``await restored()`` may have started first: each hook runs once per pass), then hands
 the generation to every subscriber (:meth:`RestoreWatcher.subscribe`), and acknowledges it
 to the kernel only when every hook succeeded and every subscriber has handled it (its loop
@@ -15,7 +15,7 @@ hold the acknowledgement belongs in a hook. Subscribers get the generation after
 first pass over the hooks, whether it succeeded or not (``last_error`` tells).
 
 One watcher per registry: a second one on the same registry (by default, the process's)
-is refused with :class:`~sysgenid_async.RestoreWatcherRunningError`.
+is refused with :class:`~sysgenid_async.restore.RestoreWatcherRunningError`.
 
 Retry policy: when a hook fails, the pass stops after its phase; the retry runs that
 phase again and every later one, after ``initial_delay`` seconds, doubling up to
@@ -27,6 +27,7 @@ generation stays unacknowledged until the next one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -39,16 +40,14 @@ import anyio
 if TYPE_CHECKING:
     import anyio.abc
 
-from ._log import log_error
-from .async_device import AsyncSysGenID, moved_on
-from .device import AbiChoice
-from .errors import StaleGenerationError
+from ..async_device import AsyncSysGenID, moved_on
+from ..device import AbiChoice
 from .gate import HookRun
 from .hooks import RestoreHooks, RestoreHooksError, restore_hooks
 
 __all__ = ["RestoreWatcher", "RetryPolicy", "Subscription", "restore_watcher"]
 
-LOGGER_NAME = "sysgenid_async.restore_watcher"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,7 @@ class RestoreWatcher:
 
     def _attach(self, handle: AsyncSysGenID) -> None:
         if not self._attached:
-            self.hooks.gate.attach(self, handle.device)
+            self.hooks.gate.attach(self, handle)
             self._attached = True
 
     def _detach(self) -> None:
@@ -237,8 +236,7 @@ class RestoreWatcher:
         if run is not None and not hooks_ok:
             hooks_ok = await self._retry(handle, run)
         if hooks_ok and await self._subscribers_done(handle, generation, waiting):
-            with contextlib.suppress(StaleGenerationError):  # a newer one came: handled next
-                handle.ack(generation)
+            if handle.ack_unless_moved_on(generation):  # else a newer one came: handled next
                 self.acknowledged = generation
             return
         # Stay outdated until the next generation, so an orchestrator sees the failure.
@@ -255,7 +253,7 @@ class RestoreWatcher:
                 self.last_error = None
                 return True
             self.last_error = RestoreHooksError(run.generation, run.errors)
-        log_error(LOGGER_NAME, "restore hooks still failing for generation %d: left unacknowledged", run.generation)
+        logger.error("restore hooks still failing for generation %d: left unacknowledged", run.generation)
         return False
 
     def _offer(self, generation: int) -> list[weakref.ref[Subscription]]:
@@ -301,7 +299,7 @@ async def restore_watcher(
 
     The one line a service needs (``async with restore_watcher(): ...``), in its main or in
     an ASGI lifespan. Hooks registered before it starts run on the first change. A second
-    watcher on the same registry raises :class:`~sysgenid_async.RestoreWatcherRunningError`.
+    watcher on the same registry raises :class:`~sysgenid_async.restore.RestoreWatcherRunningError`.
     """
     watcher = RestoreWatcher(path, hooks=hooks, abi=abi, retry=retry)
     # Open and attach before the task group, so that a missing device or a second watcher

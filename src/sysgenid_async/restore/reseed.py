@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import sys
@@ -28,8 +29,8 @@ from typing import Any, Generic, TypeVar, overload
 
 import anyio
 
-from ._log import log_error
 from .bound import GenerationBound
+from .callbacks import maybe_await
 from .hooks import Phase, RestoreHooks, restore_hooks
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-LOGGER_NAME = "sysgenid_async.reseed"
+logger = logging.getLogger(__name__)
 
 _randoms: weakref.WeakSet[random.Random] = weakref.WeakSet()
 
@@ -140,7 +141,7 @@ class Reopenable(Generic[T]):
 
     async def start(self) -> T:
         if self._current is None:
-            self._current = await _maybe_await(self._open())
+            self._current = await maybe_await(self._open())
         return self._current
 
     @contextlib.asynccontextmanager
@@ -163,7 +164,7 @@ class Reopenable(Generic[T]):
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
-            new = await _maybe_await(self._open())
+            new = await maybe_await(self._open())
             old, self._current = self._current, new
             self.reopens += 1
             if old is not None:
@@ -175,20 +176,14 @@ class Reopenable(Generic[T]):
             self._released = anyio.Event()
             await self._released.wait()
         try:
-            await _maybe_await(self._close(old))
+            await maybe_await(self._close(old))
         except Exception as exc:  # the new resource is in place: a failed close is only logged
-            log_error(LOGGER_NAME, "closing the replaced resource %r failed", old, exc_info=exc)
+            logger.error("closing the replaced resource %r failed", old, exc_info=exc)
 
     async def aclose(self) -> None:
         old, self._current = self._current, None
         if old is not None:
-            await _maybe_await(self._close(old))
-
-
-async def _maybe_await(value: T | Awaitable[T]) -> T:
-    if isinstance(value, Awaitable):
-        return await value
-    return value
+            await maybe_await(self._close(old))
 
 
 def install_default_hooks(hooks: RestoreHooks | None = None) -> RestoreHooks:

@@ -17,10 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .async_device import AsyncSysGenID
-from .device import AbiChoice, WaitResult, validate_timeout
-from .errors import StaleGenerationError
-from .uapi import Abi
+from ..async_device import AsyncSysGenID
+from ..device import AbiChoice, WaitResult
+from ..errors import StaleGenerationError
+from ..timeouts import validate_timeout
+from ..uapi import Abi
+from .callbacks import maybe_await
 
 __all__ = ["OrchestrationReport", "Orchestrator", "likely_cause_of_timeout"]
 
@@ -137,8 +139,5 @@ class Orchestrator:
 
 
 async def _call(callback: Callback | None, generation: int) -> None:
-    if callback is None:
-        return
-    result = callback(generation)
-    if isinstance(result, Awaitable):
-        await result
+    if callback is not None:
+        await maybe_await(callback(generation))
