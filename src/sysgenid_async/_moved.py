@@ -37,7 +37,7 @@ def moved_attribute(name: str) -> object:
     warnings.warn(
         f"sysgenid_async.{name} has moved: import it from {where} (the old name goes in the next release)",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=2,  # the package's __getattr__ is this function: the caller is one frame up
     )
     return getattr(importlib.import_module(where), name)
 
