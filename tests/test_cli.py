@@ -164,6 +164,34 @@ def test_selftest(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
     assert backend.generation != before
 
 
+def test_selftest_runs_its_table_once_for_the_devices_abi(backend: Backend) -> None:
+    """One row per check of the table that applies to the ABI, in table order; without
+    --allow-trigger the checks that change the generation are skipped, and say why."""
+    from sysgenid_async.selftest import _CHECKS, run_selftest
+
+    results = run_selftest(backend.path)
+    table = [check.name for check in _CHECKS if check.abi in (None, backend.abi)]
+    names = [result.name for result in results]
+    assert names[-len(table):] == table and len(set(names)) == len(names)
+    trigger_rows = {check.name for check in _CHECKS if check.trigger}
+    for result in results:
+        if result.name in trigger_rows:
+            assert (result.status, result.detail) == ("skip", "needs --allow-trigger (changes the generation)")
+
+
+def test_selftest_skips_the_later_trigger_checks_when_the_round_trip_fails() -> None:
+    from sysgenid_async.selftest import run_selftest
+    from sysgenid_async.testing import SimulatedDevice
+
+    with SimulatedDevice("v8", capabilities=frozenset()).installed("/dev/sysgenid-selftest", set_env=False):
+        results = {r.name: r for r in run_selftest("/dev/sysgenid-selftest", allow_trigger=True)}
+    round_trip = results["trigger, read, poll, caller-outdated wait, ack"]
+    assert round_trip.status == "fail" and "CAP_CHECKPOINT_RESTORE" in round_trip.detail
+    for name in ("the counter is a u32 (after 2147483647 comes 2147483648)", "a minimum of 2**31 or more is honoured",
+                 "a trigger from an unprivileged user namespace is refused"):
+        assert (results[name].status, results[name].detail) == ("skip", "the trigger round trip failed")
+
+
 def test_selftest_fails_on_something_that_is_not_the_device(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("--device", "/dev/null", "selftest") == 6
     assert "FAIL" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import select
 import stat
@@ -85,11 +86,41 @@ def run_selftest(path: str | None = None, *, allow_trigger: bool = False) -> lis
     return results
 
 
+@dataclasses.dataclass(frozen=True)
+class _Subject:
+    """What every check looks at: the open file, its page, and what the first checks found."""
+
+    raw: RawFile
+    path: str
+    abi: Abi
+    words: memoryview
+    #: The file was up to date when the checks began (no change raced the open).
+    up_to_date: bool
+
+
+class _SkippedError(Exception):
+    """The check cannot run here; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Check:
+    name: str
+    run: Callable[[_Subject], str]
+    #: Only on this ABI (None: both); not listed at all on the other.
+    abi: Abi | None = None
+    #: Needs a file that started up to date.
+    up_to_date: bool = False
+    #: Changes the generation: only with allow_trigger, and only once the round trip passed.
+    trigger: bool = False
+
+
 def _check(name: str, body: Callable[[], str]) -> CheckResult:
     try:
         return CheckResult(name, "pass", body())
     except _QuirkError as exc:
         return CheckResult(name, "warn", str(exc))
+    except _SkippedError as exc:
+        return CheckResult(name, "skip", str(exc))
     except (_CheckFailedError, OSError) as exc:
         return CheckResult(name, "fail", str(exc))
 
@@ -124,84 +155,60 @@ def _run_checks(raw: RawFile, path: str, allow_trigger: bool) -> Iterator[CheckR
     words = page.cast("I")
     try:
         yield _check("mmap one page PROT_READ MAP_SHARED", lambda: f"generation {words[0]}")
-        yield from _checks_for(raw, path, abi, words, allow_trigger)
+        # A fresh open file starts up to date, unless another change raced the open.
+        subject = _Subject(raw, path, abi, words, up_to_date=not _readable(raw))
+        yield from _run_table(subject, allow_trigger)
     finally:
         words.release()
         page.release()
+
+
+def _run_table(subject: _Subject, allow_trigger: bool) -> Iterator[CheckResult]:
+    round_trip_passed = False
+    for check in _CHECKS:
+        if check.abi is not None and check.abi is not subject.abi:
+            continue
+        if check.up_to_date and not subject.up_to_date:
+            yield CheckResult(check.name, "skip", "the file was outdated at open (a change raced it)")
+        elif check.trigger and not allow_trigger:
+            yield CheckResult(check.name, "skip", "needs --allow-trigger (changes the generation)")
+        elif check.trigger and check.run is not _trigger_round_trip and not round_trip_passed:
+            yield CheckResult(check.name, "skip", "the trigger round trip failed")
+        else:
+            result = _check(check.name, functools.partial(check.run, subject))
+            if check.run is _trigger_round_trip:
+                round_trip_passed = result.status == "pass"
+            yield result
 
 
 def _fail(message: str) -> str:
     raise _CheckFailedError(message)
 
 
-def _checks_for(
-    raw: RawFile,
-    path: str,
-    abi: Abi,
-    words: memoryview,
-    allow_trigger: bool,
-) -> Iterator[CheckResult]:
-    # A fresh open file starts up to date, unless another change raced the open.
-    up_to_date = not _readable(raw)
-    yield _check("a new file is up to date (not readable)", lambda: "yes" if up_to_date else _fail("readable at open"))
-    if up_to_date:
-        yield _check("read when up to date: EAGAIN", lambda: _expect_errno(errno.EAGAIN, lambda: raw.read(4)))
-    yield _check("read of 3 bytes: EINVAL", lambda: _expect_errno(errno.EINVAL, lambda: raw.read(3)))
-    yield _check("read of 0 bytes returns 0", lambda: "0 bytes" if raw.read(0) == b"" else _fail("data returned"))
-    wrong_size = errno.ENOBUFS if abi is Abi.V8 else errno.EINVAL
-    yield _check(
-        f"write of 5 bytes: {errno.errorcode[wrong_size]}",
-        lambda: _expect_errno(wrong_size, lambda: raw.write(b"\0" * 5)),
-    )
-    yield _check(
-        "ack of a non-current generation: EINVAL",
-        lambda: _expect_errno(errno.EINVAL, lambda: raw.write(_u32(words[0] + 1))),
-    )
-    yield _check("writable mmap: EPERM", lambda: _expect_errno(errno.EPERM, lambda: raw.map_page(writable=True)))
-    yield _check(
-        "mmap of two pages: EINVAL",
-        lambda: _expect_errno(errno.EINVAL, lambda: raw.map_page(2 * uapi.PAGE_SIZE)),
-    )
-    yield _check(
-        "mmap at a non-zero offset: EINVAL",
-        lambda: _expect_errno(errno.EINVAL, lambda: raw.map_page(offset=uapi.PAGE_SIZE)),
-    )
-    yield _check("read-only MAP_PRIVATE mapping", lambda: _private_mapping(raw, words))
-    magic = uapi.SYSGENID_IOCTL if abi is Abi.V4 else uapi.SYSGENID_V8_IOCTL
-    yield _check(
-        "unknown ioctl: EINVAL",
-        lambda: _expect_errno(errno.EINVAL, lambda: raw.ioctl(uapi._IO(magic, 0x7F), 0)),
-    )
-    if abi is Abi.V4:
-        yield _check(
-            "GET_OUTDATED_WATCHERS answers", lambda: f"{raw.ioctl(uapi.SYSGENID_GET_OUTDATED_WATCHERS, 0)} outdated"
-        )
-    else:
-        yield _check("SET_WATCHER_TRACKING(1) and (0)", lambda: _tracking_round_trip(raw))
-        yield _check("SET_WATCHER_TRACKING(2)", lambda: _tracking_of_two(raw))
-    yield _check("WAIT_WATCHERS(1 ms) returns", lambda: _wait_once(raw, abi))
-    yield from _module_results(path)
-    if not allow_trigger:
-        for name in _TRIGGER_CHECKS:
-            yield CheckResult(name, "skip", "needs --allow-trigger (changes the generation)")
-        return
-    round_trip = _check(_TRIGGER_CHECKS[0], lambda: _trigger_round_trip(raw, abi, words))
-    yield round_trip
-    if round_trip.status != "pass":
-        for name in _TRIGGER_CHECKS[1:]:
-            yield CheckResult(name, "skip", "the trigger round trip failed")
-        return
-    yield _check(_TRIGGER_CHECKS[1], lambda: _counter_width(raw, abi, words))
-    yield _check(_TRIGGER_CHECKS[2], lambda: _minimum_width(raw, abi, words))
-    yield _user_namespace_trigger(path, abi, words)
+def _expect(expected: int, action: Callable[[RawFile], object]) -> Callable[[_Subject], str]:
+    """A check that ``action(raw)`` fails with ``expected``."""
+    return lambda subject: _expect_errno(expected, functools.partial(action, subject.raw))
 
 
-_TRIGGER_CHECKS = (
-    "trigger, read, poll, caller-outdated wait, ack",
-    "the counter is a u32 (after 2147483647 comes 2147483648)",
-    "a minimum of 2**31 or more is honoured",
-    "a trigger from an unprivileged user namespace is refused",
-)
+def _up_to_date(subject: _Subject) -> str:
+    return "yes" if subject.up_to_date else _fail("readable at open")
+
+
+def _read_nothing(subject: _Subject) -> str:
+    return "0 bytes" if subject.raw.read(0) == b"" else _fail("data returned")
+
+
+def _ack_the_next(subject: _Subject) -> str:
+    return _expect_errno(errno.EINVAL, lambda: subject.raw.write(_u32(subject.words[0] + 1)))
+
+
+def _unknown_ioctl(subject: _Subject) -> str:
+    magic = uapi.SYSGENID_IOCTL if subject.abi is Abi.V4 else uapi.SYSGENID_V8_IOCTL
+    return _expect_errno(errno.EINVAL, lambda: subject.raw.ioctl(uapi._IO(magic, 0x7F), 0))
+
+
+def _outdated_count(subject: _Subject) -> str:
+    return f"{subject.raw.ioctl(uapi.SYSGENID_GET_OUTDATED_WATCHERS, 0)} outdated"
 
 
 MODULE_PARAMETERS = "/sys/module/sysgenid/parameters"
@@ -233,24 +240,27 @@ def _is_the_modules_node(path: str) -> bool:
         return False
 
 
-def _module_results(path: str) -> Iterator[CheckResult]:
-    """Which driver this is, and what drives the generation besides userspace, when it says (ours does)."""
-    ours = _is_the_modules_node(path)
-    flavour = _module_parameter("flavour") if ours else None
+def _driver(subject: _Subject) -> str:
+    """Which driver this is, when it says (ours does)."""
+    flavour = _module_parameter("flavour") if _is_the_modules_node(subject.path) else None
     if flavour is None:
-        yield CheckResult("driver", "skip", "not the project's module (it does not say which it is)")
-    else:
-        yield CheckResult("driver", "pass", _FLAVOUR_MEANING.get(flavour, f"flavour {flavour}"))
-    backend = _module_parameter("backend", MISC_DEVICE) if ours else None  # an attribute of the device
+        raise _SkippedError("not the project's module (it does not say which it is)")
+    return _FLAVOUR_MEANING.get(flavour, f"flavour {flavour}")
+
+
+_BACKEND_MEANING = {
+    "vmgenid": "follows the hypervisor's VM generation",
+    "none": "none: the kernel has no CONFIG_VMGENID; only triggers change the generation",
+    "disabled": "disabled (vmfork=0); only triggers change the generation",
+}
+
+
+def _vm_backend(subject: _Subject) -> str:
+    """What drives the generation besides userspace, when the driver says (an attribute of our device)."""
+    backend = _module_parameter("backend", MISC_DEVICE) if _is_the_modules_node(subject.path) else None
     if backend is None:
-        yield CheckResult("VM generation backend", "skip", "the driver does not say")
-        return
-    meaning = {
-        "vmgenid": "follows the hypervisor's VM generation",
-        "none": "none: the kernel has no CONFIG_VMGENID; only triggers change the generation",
-        "disabled": "disabled (vmfork=0); only triggers change the generation",
-    }
-    yield CheckResult("VM generation backend", "pass", meaning.get(backend, backend))
+        raise _SkippedError("the driver does not say")
+    return _BACKEND_MEANING.get(backend, backend)
 
 
 def _node_result(path: str) -> CheckResult:
@@ -272,7 +282,8 @@ def _node_result(path: str) -> CheckResult:
     return CheckResult(name, "pass", f"mode {mode:04o}, uid {info.st_uid}, gid {info.st_gid}")
 
 
-def _private_mapping(raw: RawFile, words: memoryview) -> str:
+def _private_mapping(subject: _Subject) -> str:
+    raw, words = subject.raw, subject.words
     try:
         page = raw.map_page(shared=False)
     except OSError as exc:
@@ -287,7 +298,8 @@ def _private_mapping(raw: RawFile, words: memoryview) -> str:
     return "accepted, read-only (harmless: clients map MAP_SHARED)"
 
 
-def _tracking_of_two(raw: RawFile) -> str:
+def _tracking_of_two(subject: _Subject) -> str:
+    raw = subject.raw
     try:
         raw.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 2)
     except OSError as exc:
@@ -298,13 +310,14 @@ def _tracking_of_two(raw: RawFile) -> str:
     raise _QuirkError("accepted as on (Amazon Linux's driver takes any non-zero value); the library passes 0 or 1")
 
 
-def _tracking_round_trip(raw: RawFile) -> str:
-    raw.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 1)
-    raw.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 0)
+def _tracking_round_trip(subject: _Subject) -> str:
+    subject.raw.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 1)
+    subject.raw.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 0)
     return "ok"
 
 
-def _wait_once(raw: RawFile, abi: Abi) -> str:
+def _wait_once(subject: _Subject) -> str:
+    raw, abi = subject.raw, subject.abi
     try:
         raw.ioctl(abi.wait_watchers_request, 1)
     except OSError as exc:
@@ -315,17 +328,17 @@ def _wait_once(raw: RawFile, abi: Abi) -> str:
     return "0 (no watcher outdated)"
 
 
-def _trigger_and_ack(raw: RawFile, abi: Abi, words: memoryview, minimum: int) -> int:
+def _trigger_and_ack(subject: _Subject, minimum: int) -> int:
     """Trigger; acknowledge what the device then says (this file must not hold others back)."""
-    raw.ioctl(abi.trigger_request, minimum)
-    value = int(words[0])
-    raw.write(_u32(value))
+    subject.raw.ioctl(subject.abi.trigger_request, minimum)
+    value = int(subject.words[0])
+    subject.raw.write(_u32(value))
     return value
 
 
-def _counter_width(raw: RawFile, abi: Abi, words: memoryview) -> str:
-    top = _trigger_and_ack(raw, abi, words, _INT_MAX)
-    after = _trigger_and_ack(raw, abi, words, 0)
+def _counter_width(subject: _Subject) -> str:
+    top = _trigger_and_ack(subject, _INT_MAX)
+    after = _trigger_and_ack(subject, 0)
     if after > _INT_MAX or top > _INT_MAX:
         return f"{top} -> {after}"
     raise _QuirkError(
@@ -334,10 +347,10 @@ def _counter_width(raw: RawFile, abi: Abi, words: memoryview) -> str:
     )
 
 
-def _minimum_width(raw: RawFile, abi: Abi, words: memoryview) -> str:
+def _minimum_width(subject: _Subject) -> str:
     minimum = 2**31 + 16
-    before = int(words[0])
-    after = _trigger_and_ack(raw, abi, words, minimum)
+    before = int(subject.words[0])
+    after = _trigger_and_ack(subject, minimum)
     if after >= minimum:
         return f"trigger({minimum}): {before} -> {after}"
     raise _QuirkError(
@@ -359,35 +372,35 @@ _UNSHARED_TRIGGER = textwrap.dedent("""
 """)
 
 
-def _user_namespace_trigger(path: str, abi: Abi, words: memoryview) -> CheckResult:
+def _user_namespace_trigger(subject: _Subject) -> str:
     """In its own user namespace a process holds every capability, but only there."""
-    name = _TRIGGER_CHECKS[3]
+    words = subject.words
     before = int(words[0])
     try:
         done = subprocess.run(
-            [sys.executable, "-I", "-c", _UNSHARED_TRIGGER, path, str(abi.trigger_request)],
+            [sys.executable, "-I", "-c", _UNSHARED_TRIGGER, subject.path, str(subject.abi.trigger_request)],
             capture_output=True, text=True, check=False, timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return CheckResult(name, "skip", f"could not run the probe: {exc}")
+        raise _SkippedError(f"could not run the probe: {exc}") from None
     what, _, code = done.stdout.strip().partition(" ")
     if done.returncode != 0 or not code.isdigit():
-        return CheckResult(name, "skip", f"the probe failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise _SkippedError(f"the probe failed: {done.stderr.strip().splitlines()[-1:]}")
     if what == "unshare":
-        return CheckResult(name, "skip", f"user namespaces are not available here ({errno.errorcode.get(int(code))})")
+        raise _SkippedError(f"user namespaces are not available here ({errno.errorcode.get(int(code))})")
     if int(code) in (errno.EACCES, errno.EPERM):
-        return CheckResult(name, "pass", "EACCES: the capability counts in the initial user namespace")
+        return "EACCES: the capability counts in the initial user namespace"
     if int(code) == 0:
-        return CheckResult(
-            name, "warn",
+        raise _QuirkError(
             f"accepted ({before} -> {words[0]}): the driver checks the capability in the caller's user "
             "namespace, so any user who can open the node and create a user namespace can fake a restore "
-            "for the whole machine. Keep the node root-only or group-only (docs/drivers.md)",
+            "for the whole machine. Keep the node root-only or group-only (docs/drivers.md)"
         )
-    return CheckResult(name, "fail", f"the trigger gave {errno.errorcode.get(int(code), code)}")
+    raise _CheckFailedError(f"the trigger gave {errno.errorcode.get(int(code), code)}")
 
 
-def _trigger_round_trip(raw: RawFile, abi: Abi, words: memoryview) -> str:
+def _trigger_round_trip(subject: _Subject) -> str:
+    raw, abi, words = subject.raw, subject.abi, subject.words
     before = words[0]
     try:
         raw.ioctl(abi.trigger_request, 0)
@@ -408,6 +421,33 @@ def _trigger_round_trip(raw: RawFile, abi: Abi, words: memoryview) -> str:
     if _readable(raw):
         raise _CheckFailedError("still readable after the ack")
     return f"{before} -> {value}"
+
+
+#: Every check after the ABI is known, in the order they run.
+_CHECKS: tuple[_Check, ...] = (
+    _Check("a new file is up to date (not readable)", _up_to_date),
+    _Check("read when up to date: EAGAIN", _expect(errno.EAGAIN, lambda raw: raw.read(4)), up_to_date=True),
+    _Check("read of 3 bytes: EINVAL", _expect(errno.EINVAL, lambda raw: raw.read(3))),
+    _Check("read of 0 bytes returns 0", _read_nothing),
+    _Check("write of 5 bytes: EINVAL", _expect(errno.EINVAL, lambda raw: raw.write(b"\0" * 5)), abi=Abi.V4),
+    _Check("write of 5 bytes: ENOBUFS", _expect(errno.ENOBUFS, lambda raw: raw.write(b"\0" * 5)), abi=Abi.V8),
+    _Check("ack of a non-current generation: EINVAL", _ack_the_next),
+    _Check("writable mmap: EPERM", _expect(errno.EPERM, lambda raw: raw.map_page(writable=True))),
+    _Check("mmap of two pages: EINVAL", _expect(errno.EINVAL, lambda raw: raw.map_page(2 * uapi.PAGE_SIZE))),
+    _Check("mmap at a non-zero offset: EINVAL", _expect(errno.EINVAL, lambda raw: raw.map_page(offset=uapi.PAGE_SIZE))),
+    _Check("read-only MAP_PRIVATE mapping", _private_mapping),
+    _Check("unknown ioctl: EINVAL", _unknown_ioctl),
+    _Check("GET_OUTDATED_WATCHERS answers", _outdated_count, abi=Abi.V4),
+    _Check("SET_WATCHER_TRACKING(1) and (0)", _tracking_round_trip, abi=Abi.V8),
+    _Check("SET_WATCHER_TRACKING(2)", _tracking_of_two, abi=Abi.V8),
+    _Check("WAIT_WATCHERS(1 ms) returns", _wait_once),
+    _Check("driver", _driver),
+    _Check("VM generation backend", _vm_backend),
+    _Check("trigger, read, poll, caller-outdated wait, ack", _trigger_round_trip, trigger=True),
+    _Check("the counter is a u32 (after 2147483647 comes 2147483648)", _counter_width, trigger=True),
+    _Check("a minimum of 2**31 or more is honoured", _minimum_width, trigger=True),
+    _Check("a trigger from an unprivileged user namespace is refused", _user_namespace_trigger, trigger=True),
+)
 
 
 def format_table(results: list[CheckResult]) -> str:
