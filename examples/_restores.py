@@ -32,6 +32,13 @@ def _force_restore() -> int:
         return device.trigger()
 
 
+def run_with_restores(description: str | None, run: Callable[[Restore | None], object]) -> None:
+    """Parse the example's options and call ``run(restore)``, with restores from where they say."""
+    options = parser(description).parse_args()
+    with restores(options) as restore:
+        run(restore)
+
+
 @contextlib.contextmanager
 def restores(options: argparse.Namespace) -> Iterator[Restore | None]:
     """Yield a function that makes a restore happen, or None for real restores only."""

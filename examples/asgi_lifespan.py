@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
-from _restores import Restore, parser, restores
+from _restores import Restore, run_with_restores
 
 from sysgenid_async.restore import restore_watcher, restored
 from sysgenid_async.restore.reseed import ProcessIdentity, install_default_hooks
@@ -88,9 +88,7 @@ async def serve(restore: Restore | None) -> None:
 
 
 def main() -> None:
-    options = parser(__doc__).parse_args()
-    with restores(options) as restore:
-        anyio.run(serve, restore)
+    run_with_restores(__doc__, lambda restore: anyio.run(serve, restore))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import threading
 
 import anyio
 import httpx
-from _restores import Restore, parser, restores
+from _restores import Restore, run_with_restores
 
 from sysgenid_async.restore import Phase, on_restore, restore_watcher
 from sysgenid_async.restore.reseed import Reopenable
@@ -60,9 +60,7 @@ async def main_async(restore: Restore | None) -> None:
 
 
 def main() -> None:
-    options = parser(__doc__).parse_args()
-    with restores(options) as restore:
-        anyio.run(main_async, restore)
+    run_with_restores(__doc__, lambda restore: anyio.run(main_async, restore))
 
 
 if __name__ == "__main__":

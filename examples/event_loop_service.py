@@ -13,7 +13,7 @@ import random
 
 import anyio
 import anyio.abc
-from _restores import Restore, parser, restores
+from _restores import Restore, run_with_restores
 
 from sysgenid_async.restore import restore_watcher
 from sysgenid_async.restore.reseed import ProcessIdentity, install_default_hooks
@@ -54,9 +54,7 @@ async def serve(restore: Restore | None) -> None:
 
 
 def main() -> None:
-    options = parser(__doc__).parse_args()
-    with restores(options) as restore:
-        anyio.run(serve, restore)
+    run_with_restores(__doc__, lambda restore: anyio.run(serve, restore))
 
 
 if __name__ == "__main__":

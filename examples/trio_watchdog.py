@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 import trio
-from _restores import Restore, parser, restores
+from _restores import Restore, run_with_restores
 
 from sysgenid_async import watch
 
@@ -26,9 +26,7 @@ async def serve(restore: Restore | None) -> None:
 
 
 def main() -> None:
-    options = parser(__doc__).parse_args()
-    with restores(options) as restore:
-        trio.run(serve, restore)
+    run_with_restores(__doc__, lambda restore: trio.run(serve, restore))
 
 
 if __name__ == "__main__":

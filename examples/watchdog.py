@@ -15,7 +15,7 @@ import random
 import secrets
 
 import anyio
-from _restores import Restore, parser, restores
+from _restores import Restore, run_with_restores
 
 from sysgenid_async import watch
 
@@ -46,9 +46,7 @@ async def serve(restore: Restore | None, restores_to_handle: int | None) -> None
 
 
 def main() -> None:
-    options = parser(__doc__).parse_args()
-    with restores(options) as restore:
-        anyio.run(serve, restore, None if restore is None else 2)
+    run_with_restores(__doc__, lambda restore: anyio.run(serve, restore, None if restore is None else 2))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from backends import Backend
-from sysgenid_async import BlockingSysGenID, DeviceClosedError, WaitResult, watch_blocking
+from sysgenid_async import BlockingSysGenID, WaitResult, watch_blocking
 
 
 def test_wait_for_change(backend: Backend) -> None:
@@ -23,28 +23,6 @@ def test_wait_for_change(backend: Backend) -> None:
         assert new == backend.generation == handle.generation
         handle.ack(new)
         assert handle.wait_for_change(timeout=0) is None
-
-
-def test_close_from_another_thread_wakes_the_waiter(backend: Backend) -> None:
-    handle = BlockingSysGenID.open(backend.path)
-    errors: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            handle.wait_for_change()
-        except DeviceClosedError as exc:
-            errors.append(exc)
-
-    waiter = threading.Thread(target=wait)
-    waiter.start()
-    waiter.join(0.1)
-    assert waiter.is_alive()
-    handle.close()
-    handle.close()
-    waiter.join(30)
-    assert not waiter.is_alive() and len(errors) == 1
-    assert handle.closed
-    assert handle._thread_wakeup == -1, "the last waiter closed the wake-up eventfd"
 
 
 def test_wait_watchers(backend: Backend) -> None:

@@ -207,29 +207,6 @@ def test_close_is_idempotent_and_final(backend: Backend) -> None:
             operation()
 
 
-def test_close_from_another_thread_ends_a_wait(backend: Backend) -> None:
-    with Device.open(backend.path) as other, BlockingSysGenID.open(backend.path) as device:
-        new = backend.bump()
-        device.ack(new)
-        errors: list[BaseException] = []
-
-        def wait() -> None:
-            try:
-                device.wait_watchers(None)
-            except BaseException as exc:
-                errors.append(exc)
-
-        waiter = threading.Thread(target=wait)
-        waiter.start()
-        waiter.join(0.2)
-        assert waiter.is_alive()
-        device.close()
-        waiter.join(30)
-        assert not waiter.is_alive()
-        assert len(errors) == 1 and isinstance(errors[0], DeviceClosedError)
-        other.ack(new)
-
-
 def test_a_forked_child_cannot_ack_for_its_parent(backend: Backend, device: Device) -> None:
     new = backend.bump()
     with warnings.catch_warnings():

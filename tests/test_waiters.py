@@ -165,6 +165,35 @@ def test_a_signal_handler_that_raises_leaves_the_registry_empty(backend: Backend
     assert _released(handle)
 
 
+@pytest.mark.parametrize("wait", ["wait_for_change", "wait_watchers"])
+def test_a_close_from_another_thread_ends_a_blocking_wait(backend: Backend, wait: str) -> None:
+    """Both blocking waits: the poll for a change (woken through the registry's eventfd) and
+    WAIT_WATCHERS (in slices of at most 50 ms, each of which sees the close)."""
+    with Device.open(backend.path) as other:
+        handle = BlockingSysGenID.open(backend.path)
+        new = backend.bump()
+        handle.ack(new)  # up to date, while `other` holds the watchers back: both waits block
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                getattr(handle, wait)(None)
+            except BaseException as exc:
+                errors.append(exc)
+
+        waiter = threading.Thread(target=run)
+        waiter.start()
+        waiter.join(0.1)
+        assert waiter.is_alive(), "the wait blocks"
+        handle.close()
+        handle.close()  # idempotent
+        waiter.join(30)
+        assert not waiter.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], DeviceClosedError), errors
+        assert _released(handle) and handle._thread_wakeup == -1, "the file and the eventfd are closed"
+        other.ack(new)
+
+
 def test_a_closed_handle_refuses_new_waiters(backend: Backend) -> None:
     handle = BlockingSysGenID.open(backend.path)
     handle.close()

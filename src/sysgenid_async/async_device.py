@@ -14,9 +14,9 @@ import math
 import os
 import threading
 from collections.abc import AsyncIterator
-from types import TracebackType
 
 import anyio
+from anyio.abc import AsyncResource
 from anyio.lowlevel import EventLoopToken, checkpoint, current_token
 
 from .device import AbiChoice, Device, WaitResult
@@ -26,7 +26,7 @@ from .timeouts import Deadline
 __all__ = ["AsyncSysGenID", "moved_on", "open_sysgenid"]
 
 
-class AsyncSysGenID(Device):
+class AsyncSysGenID(Device, AsyncResource):
     """An open watcher of the device, for async code. Create with :func:`open_sysgenid`.
 
     Besides the waits below, what every handle has: ``generation`` (the fast probe),
@@ -76,17 +76,10 @@ class AsyncSysGenID(Device):
                 return result
 
     async def aclose(self) -> None:
-        """Close (see :meth:`Device.close`), then yield to the loop once."""
+        """Close (see :meth:`Device.close`), then yield to the loop once. ``async with``
+        closes the same way (an anyio ``AsyncResource``)."""
         self.close()
         await checkpoint()
-
-    async def __aenter__(self) -> AsyncSysGenID:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class _TaskWaiter:

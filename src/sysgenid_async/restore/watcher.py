@@ -32,10 +32,10 @@ import os
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.abc import AsyncResource
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -79,7 +79,7 @@ class RetryPolicy:
             attempt += 1
 
 
-class Subscription:
+class Subscription(AsyncResource):
     """One consumer of the process watcher: ``async for generation in subscription``.
 
     Like :func:`~sysgenid_async.watch`: a generation counts as handled when the next
@@ -124,14 +124,6 @@ class Subscription:
             self._watcher._unsubscribe(self)
 
     async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
         self.close()
 
     def __del__(self) -> None:
