@@ -9,13 +9,15 @@ range of the round ratios.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,6 +200,41 @@ def raw_read_and_ack(raw: RawFile) -> tuple[Callable[[], bytes], Callable[[bytes
         fd = raw.fileno()
         return (lambda: os.read(fd, 4)), (lambda data: os.write(fd, data))
     return (lambda: raw.read(4)), raw.write
+
+
+async def task_floor(raw: RawFile, body: Callable[[int], Awaitable[object] | None]) -> None:
+    """The task-based floor for ``async for generation in watch()``, written by hand on asyncio.
+
+    The same semantics as ``watch()``: a task waits on a future that a reader callback sets,
+    reads, runs the body, then acknowledges (a change that came meanwhile is read next).
+    The reader is registered only while the task waits: the file stays readable until the
+    acknowledgement, so a level-triggered reader left in place would fire during the body.
+    Runs until cancelled; ``raw`` stays the caller's to close.
+    """
+    loop = asyncio.get_running_loop()
+    fd = raw.fileno()
+    read, write = raw_read_and_ack(raw)
+
+    def wake(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    while True:
+        waiter: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, wake, waiter)
+        try:
+            await waiter
+        finally:
+            loop.remove_reader(fd)
+        try:
+            data = read()
+        except BlockingIOError:
+            continue
+        result = body(int.from_bytes(data, sys.byteorder))
+        if result is not None:
+            await result
+        with contextlib.suppress(OSError):  # EINVAL: a newer generation came, read next
+            write(data)
 
 
 def machine(place: str) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Fan-out: one process, one kernel watcher, many in-process subscribers.
 
-The library: one restore watcher serving half hooks and half ``subscribe()`` loops. The
-baseline: a reader callback on the same fd that reads, acknowledges, and sets one
-``asyncio.Event`` that as many tasks wait on. Measured: from the bump to the last of
+The library: one restore watcher serving half hooks and half ``subscribe()`` loops. Two
+baselines. The task-based floor: one task with ``watch()``'s semantics written by hand
+(see common.task_floor) whose body sets one ``asyncio.Event`` that as many tasks wait on,
+and acknowledges once they all ran. The absolute floor: a reader callback on the same fd
+that reads, acknowledges, and sets the Event. Measured: from the bump to the last of
 them having run. Memory: traced allocations per subscriber, in a separate, untimed pass.
 """
 
@@ -16,7 +18,7 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds, raw_read_and_ack
+from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds, raw_read_and_ack, task_floor
 
 
 class Countdown:
@@ -110,9 +112,39 @@ async def baseline_setup(path: str, subscribers: int, countdown: Countdown) -> C
     return stop
 
 
+async def task_setup(path: str, subscribers: int, countdown: Countdown) -> Callable[[], Awaitable[None]]:
+    from sysgenid_async.rawfile import open_raw
+
+    raw = open_raw(path, readonly=False, nonblock=True)
+    state = {"event": asyncio.Event()}
+
+    async def body(generation: int) -> None:
+        event, state["event"] = state["event"], asyncio.Event()
+        event.set()
+        await countdown.finished.wait()  # acknowledged once every subscriber has run
+
+    async def subscriber() -> None:
+        while True:
+            await state["event"].wait()
+            countdown.hit()
+
+    watcher = asyncio.ensure_future(task_floor(raw, body))
+    tasks = [asyncio.ensure_future(subscriber()) for _ in range(subscribers)]
+    await asyncio.sleep(0)
+
+    async def stop() -> None:
+        for task in (watcher, *tasks):
+            task.cancel()
+        await asyncio.gather(watcher, *tasks, return_exceptions=True)
+        raw.close()
+
+    return stop
+
+
 SETUPS: dict[str, Callable[[str, int, Countdown], Awaitable[Callable[[], Awaitable[None]]]]] = {
     "library": library_setup,
     "baseline": baseline_setup,
+    "task": task_setup,
     "hooks only": lambda path, count, countdown: library_setup(path, count, countdown, hook_share=1.0),
     "subscribe() loops only": lambda path, count, countdown: library_setup(path, count, countdown, hook_share=0.0),
 }
@@ -158,15 +190,22 @@ async def _traced_bytes(device: DeviceUnderTest, kind: str, subscribers: int) ->
 def run(device: DeviceUnderTest, results: Results, *, rounds: int, per_round: int, subscribers: int,
         scaling: list[int]) -> None:
     async def main() -> None:
-        pairs = []
+        pairs, task_pairs = [], []
+        kinds = ["library", "task", "baseline"]
         for round_number in range(rounds):
-            order = ["library", "baseline"] if round_number % 2 == 0 else ["baseline", "library"]
-            got = {kind: await _timed_bumps(device, kind, subscribers, per_round) for kind in order}
+            shift = round_number % len(kinds)
+            got = {kind: await _timed_bumps(device, kind, subscribers, per_round)
+                   for kind in kinds[shift:] + kinds[:shift]}
             pairs.append((got["library"], got["baseline"]))
+            task_pairs.append((got["library"], got["task"]))
         results.comparisons.append(compare_rounds(
             "fan-out", f"{subscribers:,} subscribers, bump to last run", "ms", pairs, target=1.5,
             note="half hooks, half subscribe() loops, on one restore watcher; "
-                 "baseline: tasks woken by one asyncio.Event",
+                 "baseline: a reader callback acks and sets one asyncio.Event the tasks wait on",
+        ))
+        results.comparisons.append(compare_rounds(
+            "fan-out", f"{subscribers:,} subscribers, against the task-based floor", "ms", task_pairs,
+            note="baseline: one task with watch()'s semantics sets the Event and acks once all ran",
         ))
         held = {kind: await _traced_bytes(device, kind, subscribers) for kind in SETUPS}
         results.measures.append(Measure(

@@ -89,7 +89,7 @@ def plots(reports: list[dict[str, Any]], directory: Path) -> list[str]:
                 left.legend()
             if "quiescence" in series:
                 curve = series["quiescence"]
-                for kind in ("library", "baseline", "blocking"):
+                for kind in ("library", "task", "baseline", "blocking"):
                     if kind in curve:
                         right.plot(curve["x"], curve[kind], marker="o", label=kind)
                 right.set_xscale("log", base=2)

@@ -28,13 +28,14 @@ sys.path.insert(0, str(HERE))
 
 from common import DeviceUnderTest, Results, to_json  # noqa: E402
 
-BENCHMARKS = ["probe", "wakeup", "fanout", "quiescence", "footprint"]
+BENCHMARKS = ["probe", "wakeup", "fanout", "quiescence", "edge_triggered", "footprint"]
 
 FULL: dict[str, dict[str, Any]] = {
     "probe": {"rounds": 9, "number": 200_000},
     "wakeup": {"rounds": 7, "per_round": 30},
     "fanout": {"rounds": 5, "per_round": 3, "subscribers": 10_000, "scaling": [100, 1_000, 10_000]},
     "quiescence": {"rounds": 3, "per_round": 5, "counts": [8, 32, 128]},
+    "edge_triggered": {"rounds": 4, "per_round": 10, "counts": [8, 128]},
     "footprint": {"rounds": 7, "handles": 400},
 }
 # A smoke run: every code path, tiny counts (the test suite runs this; its figures mean nothing).
@@ -43,6 +44,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "wakeup": {"rounds": 2, "per_round": 2},
     "fanout": {"rounds": 2, "per_round": 1, "subscribers": 200, "scaling": [20, 200]},
     "quiescence": {"rounds": 2, "per_round": 1, "counts": [2, 4]},
+    "edge_triggered": {"rounds": 2, "per_round": 1, "counts": [2]},
     "footprint": {"rounds": 2, "handles": 20},
 }
 

@@ -21,11 +21,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds, raw_read_and_ack
+from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds, raw_read_and_ack, task_floor
 
 HERE = Path(__file__).resolve().parent
 Report = Callable[[int, int], None]
-KINDS = ("library", "baseline", "library-uvloop", "baseline-uvloop")
+KINDS = ("library", "task", "baseline", "library-uvloop", "task-uvloop", "baseline-uvloop")
 
 
 async def library_watcher(path: str, report: Report, ready: Callable[[], None]) -> None:
@@ -63,6 +63,18 @@ async def baseline_watcher(path: str, report: Report, ready: Callable[[], None])
         raw.close()
 
 
+async def task_watcher(path: str, report: Report, ready: Callable[[], None]) -> None:
+    """The task-based floor: ``watch()``'s semantics written by hand (see common.task_floor)."""
+    from sysgenid_async.rawfile import open_raw
+
+    raw = open_raw(path, readonly=False, nonblock=True)
+    ready()
+    try:
+        await task_floor(raw, lambda generation: report(generation, time.monotonic_ns()))
+    finally:
+        raw.close()
+
+
 def run_kind(kind: str, coroutine: Coroutine[Any, Any, None]) -> None:
     if kind.endswith("-uvloop"):
         import uvloop
@@ -73,7 +85,8 @@ def run_kind(kind: str, coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 def watcher_for(kind: str) -> Callable[[str, Report, Callable[[], None]], Coroutine[Any, Any, None]]:
-    return library_watcher if kind.startswith("library") else baseline_watcher
+    base = kind.removesuffix("-uvloop")
+    return {"library": library_watcher, "task": task_watcher, "baseline": baseline_watcher}[base]
 
 
 # -- the two ways of running a watcher: a child process (kernel), a thread (simulator) ---
@@ -174,10 +187,16 @@ def run(device: DeviceUnderTest, results: Results, *, rounds: int, per_round: in
                 watcher.stop()
     for loop_name, suffix in (("asyncio", ""), ("uvloop", "-uvloop")):
         results.comparisons.append(compare_rounds(
-            "wake-up latency", f"watch() on {loop_name}", "us",
-            list(zip(samples["library" + suffix], samples["baseline" + suffix], strict=False)),
+            "wake-up latency", f"watch() on {loop_name}, against the task-based floor", "us",
+            list(zip(samples["library" + suffix], samples["task" + suffix], strict=False)),
             target=1.15 if not suffix else None,
-            note=f"baseline: add_reader + read + write ack on {loop_name}",
+            note=f"baseline: a task awaits a future set by a reader callback, reads, runs the body, acks, "
+                 f"on {loop_name}",
+        ))
+        results.comparisons.append(compare_rounds(
+            "wake-up latency", f"watch() on {loop_name}, against a bare callback", "us",
+            list(zip(samples["library" + suffix], samples["baseline" + suffix], strict=False)),
+            note=f"the absolute floor: add_reader once; the callback reads and acks on {loop_name}",
         ))
     if device.kernel:
         floor = [s for r in samples["c-epoll"] for s in r]

@@ -168,6 +168,9 @@ class Device:
         # Written by close() to wake the threads blocked in wait_readable(); made on first use.
         self._thread_wakeup = -1
         self._close_requested = False
+        # The mappings around the two syscalls of every wake-up, made once: they hold no state.
+        self._read_errors = map_os_errors(Operation.READ, path)
+        self._ack_errors = map_os_errors(Operation.ACK, path)
         with map_os_errors(Operation.MAP, path):
             page = raw.map_page()
         self._page = page
@@ -277,7 +280,7 @@ class Device:
         """The generation this handle has not acknowledged yet, or None when up to date."""
         self._enter()
         try:
-            with map_os_errors(Operation.READ, self.path):
+            with self._read_errors:
                 try:
                     data = self._raw.read(uapi.GENERATION_SIZE)
                 except BlockingIOError:
@@ -300,7 +303,7 @@ class Device:
             )
         self._enter()
         try:
-            with map_os_errors(Operation.ACK, self.path):
+            with self._ack_errors:
                 try:
                     self._raw.write(generation.to_bytes(uapi.GENERATION_SIZE, sys.byteorder))
                 except OSError as exc:
