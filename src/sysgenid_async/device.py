@@ -408,7 +408,7 @@ class Device:
         loop = waiter.loop
         with self._lock:
             self._check_usable()
-            if loop is not None and any(other.loop is loop for other in self._waiters):
+            if loop is not None and self._waiters and any(other.loop is loop for other in self._waiters):
                 raise ConcurrentWaitError(
                     f"{self.path}: another task of this event loop is already waiting on this handle; "
                     "one task per loop may wait on a handle (subscribe to the restore watcher, or open "
