@@ -293,7 +293,7 @@ class RestoreHooks:
         with self._lock:
             self._hooks = []
 
-    def _replace_hooks(self, hooks: list[RestoreHook]) -> list[RestoreHook]:
+    def replace_hooks(self, hooks: list[RestoreHook]) -> list[RestoreHook]:
         """Put ``hooks`` in place of the registered ones; returns those (test isolation)."""
         with self._lock:
             previous, self._hooks = self._hooks, list(hooks)

@@ -24,7 +24,7 @@ import random
 import sys
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
 import anyio
@@ -196,3 +196,19 @@ def install_default_hooks(hooks: RestoreHooks | None = None) -> RestoreHooks:
     registry.register(reseed_numpy, phase=Phase.RESEED)
     registry.register(regenerate_identities, phase=Phase.IDENTITIES)
     return registry
+
+
+@contextlib.contextmanager
+def emptied_registries() -> Iterator[None]:
+    """Run the block with no registered ``random`` instances nor identities; put the ones
+    registered before back afterwards (test isolation: ``sysgenid_async.testing.isolated_state``)."""
+    saved = list(_randoms), list(_identities)
+    _randoms.clear()
+    _identities.clear()
+    try:
+        yield
+    finally:
+        _randoms.clear()
+        _identities.clear()
+        _randoms.update(saved[0])
+        _identities.update(saved[1])

@@ -29,20 +29,13 @@ __all__ = ["isolated_state"]
 def isolated_state() -> Iterator[None]:
     """Run the block with empty process-wide registries and a fresh gate and probe; put the
     registries back afterwards (hooks registered by the block are dropped)."""
-    saved_hooks = restore_hooks._replace_hooks([])
-    saved_identities = list(reseed._identities)
-    saved_randoms = list(reseed._randoms)
-    reseed._identities.clear()
-    reseed._randoms.clear()
+    saved_hooks = restore_hooks.replace_hooks([])
     gate.close_process_probe()
     restore_hooks.gate.reset()
     try:
-        yield
+        with reseed.emptied_registries():
+            yield
     finally:
         gate.close_process_probe()
         restore_hooks.gate.reset()
-        restore_hooks._replace_hooks(saved_hooks)
-        reseed._identities.clear()
-        reseed._randoms.clear()
-        reseed._identities.update(saved_identities)
-        reseed._randoms.update(saved_randoms)
+        restore_hooks.replace_hooks(saved_hooks)
