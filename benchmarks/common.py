@@ -202,6 +202,33 @@ def raw_read_and_ack(raw: RawFile) -> tuple[Callable[[], bytes], Callable[[bytes
     return (lambda: raw.read(4)), raw.write
 
 
+class Countdown:
+    """Counts the watchers or subscribers done with the current change; notes when the last was.
+
+    ``make_event`` is the event class of the loop in use (``asyncio.Event``, ``trio.Event``).
+    """
+
+    def __init__(self, total: int, make_event: Callable[[], Any]) -> None:
+        self.total = total
+        self._make_event = make_event
+        self.count = 0
+        self._finished = make_event()
+        self.finished_at = 0
+
+    def reset(self) -> None:
+        self.count = 0
+        self._finished = self._make_event()
+
+    def hit(self) -> None:
+        self.count += 1
+        if self.count == self.total:
+            self.finished_at = time.monotonic_ns()
+            self._finished.set()
+
+    async def wait(self) -> None:
+        await self._finished.wait()
+
+
 async def task_floor(raw: RawFile, body: Callable[[int], Awaitable[object] | None]) -> None:
     """The task-based floor for ``async for generation in watch()``, written by hand on asyncio.
 

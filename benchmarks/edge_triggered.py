@@ -25,33 +25,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from common import DeviceUnderTest, Results, compare_rounds, raw_read_and_ack, task_floor
+from common import Countdown, DeviceUnderTest, Results, compare_rounds, raw_read_and_ack, task_floor
 
 from sysgenid_async.rawfile import RawFile, open_raw
 
 LOOPS = ("asyncio", "uvloop", "trio")
 
 
-class Tally:
-    """Counts the tasks that acknowledged the current change; set once all have."""
-
-    def __init__(self, total: int, make_event: Callable[[], object]) -> None:
-        self.total = total
-        self.make_event = make_event
-        self.count = 0
-        self.done: object = make_event()
-
-    def reset(self) -> None:
-        self.count = 0
-        self.done = self.make_event()
-
-    def hit(self) -> None:
-        self.count += 1
-        if self.count == self.total:
-            self.done.set()  # type: ignore[attr-defined]
-
-
-def _acknowledge(raw: RawFile, tally: Tally) -> Callable[[], bool]:
+def _acknowledge(raw: RawFile, countdown: Countdown) -> Callable[[], bool]:
     """Read, empty body, acknowledge; False when there was nothing to read."""
     read, write = raw_read_and_ack(raw)
 
@@ -62,15 +43,15 @@ def _acknowledge(raw: RawFile, tally: Tally) -> Callable[[], bool]:
             return False
         with contextlib.suppress(OSError):  # a newer generation: read next
             write(data)
-        tally.hit()
+        countdown.hit()
         return True
 
     return step
 
 
-async def asyncio_edge_triggered(raw: RawFile, tally: Tally) -> None:
+async def asyncio_edge_triggered(raw: RawFile, countdown: Countdown) -> None:
     loop = asyncio.get_running_loop()
-    step = _acknowledge(raw, tally)
+    step = _acknowledge(raw, countdown)
     edges = select.epoll()
     edges.register(raw.fileno(), select.EPOLLIN | select.EPOLLET)
     waiting: list[asyncio.Future[None]] = []
@@ -92,19 +73,19 @@ async def asyncio_edge_triggered(raw: RawFile, tally: Tally) -> None:
         edges.close()
 
 
-async def trio_per_wait(raw: RawFile, tally: Tally) -> None:
+async def trio_per_wait(raw: RawFile, countdown: Countdown) -> None:
     import trio
 
-    step = _acknowledge(raw, tally)
+    step = _acknowledge(raw, countdown)
     while True:
         if not step():
             await trio.lowlevel.wait_readable(raw.fileno())
 
 
-async def trio_edge_triggered(raw: RawFile, tally: Tally) -> None:
+async def trio_edge_triggered(raw: RawFile, countdown: Countdown) -> None:
     import trio
 
-    step = _acknowledge(raw, tally)
+    step = _acknowledge(raw, countdown)
     edges = select.epoll()
     edges.register(raw.fileno(), select.EPOLLIN | select.EPOLLET)
     try:
@@ -116,15 +97,15 @@ async def trio_edge_triggered(raw: RawFile, tally: Tally) -> None:
         edges.close()
 
 
-def _asyncio_per_wait(raw: RawFile, tally: Tally) -> Awaitable[None]:
-    return task_floor(raw, lambda generation: tally.hit())
+def _asyncio_per_wait(raw: RawFile, countdown: Countdown) -> Awaitable[None]:
+    return task_floor(raw, lambda generation: countdown.hit())
 
 
-async def _bumps(device: DeviceUnderTest, tally: Tally, bumps: int, wait: Callable[[], Awaitable[object]],
+async def _bumps(device: DeviceUnderTest, countdown: Countdown, bumps: int, wait: Callable[[], Awaitable[object]],
                  bump: Callable[[], Awaitable[object]]) -> list[float]:
     times = []
     for index in range(bumps + 1):  # the first one warms up
-        tally.reset()
+        countdown.reset()
         started = time.monotonic_ns()
         await bump()
         await wait()
@@ -139,17 +120,17 @@ def _files(device: DeviceUnderTest, count: int) -> list[RawFile]:
 
 def _measure_asyncio(device: DeviceUnderTest, kind: str, count: int, bumps: int, use_uvloop: bool) -> list[float]:
     async def main() -> list[float]:
-        tally = Tally(count, asyncio.Event)
+        countdown = Countdown(count, asyncio.Event)
         files = _files(device, count)
         follow = _asyncio_per_wait if kind == "per-wait" else asyncio_edge_triggered
-        tasks = [asyncio.ensure_future(follow(raw, tally)) for raw in files]
+        tasks = [asyncio.ensure_future(follow(raw, countdown)) for raw in files]
         await asyncio.sleep(0.01)
 
         async def bump() -> None:
             device.bump()
 
         try:
-            return await _bumps(device, tally, bumps, lambda: tally.done.wait(), bump)  # type: ignore[attr-defined]
+            return await _bumps(device, countdown, bumps, countdown.wait, bump)
         finally:
             for task in tasks:
                 task.cancel()
@@ -168,7 +149,7 @@ def _measure_trio(device: DeviceUnderTest, kind: str, count: int, bumps: int) ->
     import trio
 
     async def main() -> list[float]:
-        tally = Tally(count, trio.Event)
+        countdown = Countdown(count, trio.Event)
         files = _files(device, count)
         follow = trio_per_wait if kind == "per-wait" else trio_edge_triggered
 
@@ -178,9 +159,9 @@ def _measure_trio(device: DeviceUnderTest, kind: str, count: int, bumps: int) ->
         try:
             async with trio.open_nursery() as nursery:
                 for raw in files:
-                    nursery.start_soon(follow, raw, tally)
+                    nursery.start_soon(follow, raw, countdown)
                 await trio.sleep(0.01)
-                times = await _bumps(device, tally, bumps, lambda: tally.done.wait(), bump)  # type: ignore[attr-defined]
+                times = await _bumps(device, countdown, bumps, countdown.wait, bump)
                 nursery.cancel_scope.cancel()
             return times
         finally:

@@ -18,27 +18,16 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common import DeviceUnderTest, Figure, Measure, Results, compare_rounds, raw_read_and_ack, task_floor
-
-
-class Countdown:
-    """Counts the subscribers run for the current bump; notes when the last one did."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.count = 0
-        self.finished = asyncio.Event()
-        self.finished_at = 0
-
-    def reset(self) -> None:
-        self.count = 0
-        self.finished = asyncio.Event()
-
-    def hit(self) -> None:
-        self.count += 1
-        if self.count == self.total:
-            self.finished_at = time.monotonic_ns()
-            self.finished.set()
+from common import (
+    Countdown,
+    DeviceUnderTest,
+    Figure,
+    Measure,
+    Results,
+    compare_rounds,
+    raw_read_and_ack,
+    task_floor,
+)
 
 
 async def library_setup(
@@ -121,7 +110,7 @@ async def task_setup(path: str, subscribers: int, countdown: Countdown) -> Calla
     async def body(generation: int) -> None:
         event, state["event"] = state["event"], asyncio.Event()
         event.set()
-        await countdown.finished.wait()  # acknowledged once every subscriber has run
+        await countdown.wait()  # acknowledged once every subscriber has run
 
     async def subscriber() -> None:
         while True:
@@ -151,7 +140,7 @@ SETUPS: dict[str, Callable[[str, int, Countdown], Awaitable[Callable[[], Awaitab
 
 
 async def _timed_bumps(device: DeviceUnderTest, kind: str, subscribers: int, bumps: int) -> list[float]:
-    countdown = Countdown(subscribers)
+    countdown = Countdown(subscribers, asyncio.Event)
     stop = await SETUPS[kind](device.path, subscribers, countdown)
     try:
         times = []
@@ -159,7 +148,7 @@ async def _timed_bumps(device: DeviceUnderTest, kind: str, subscribers: int, bum
             countdown.reset()
             started = time.monotonic_ns()
             device.bump()
-            await asyncio.wait_for(countdown.finished.wait(), 600)
+            await asyncio.wait_for(countdown.wait(), 600)
             if index:
                 times.append((countdown.finished_at - started) / 1e6)
             await asyncio.sleep(0.01)  # the library acknowledges once every loop is back
@@ -174,10 +163,10 @@ async def _traced_bytes(device: DeviceUnderTest, kind: str, subscribers: int) ->
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        countdown = Countdown(subscribers)
+        countdown = Countdown(subscribers, asyncio.Event)
         stop = await SETUPS[kind](device.path, subscribers, countdown)
         device.bump()
-        await asyncio.wait_for(countdown.finished.wait(), 600)
+        await asyncio.wait_for(countdown.wait(), 600)
         await asyncio.sleep(0.05)
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
