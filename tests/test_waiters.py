@@ -80,6 +80,49 @@ def test_one_close_wakes_tasks_on_three_loops_and_a_thread(backend: Backend) -> 
     assert backend.open_files() == 0
 
 
+async def _within_30_seconds(handle: AsyncSysGenID) -> int:
+    with anyio.fail_after(30):  # a waiter nobody wakes fails here, not by hanging the suite
+        return await handle.wait_for_change()
+
+
+@pytest.mark.parametrize(("first", "second"), [("asyncio", "asyncio"), ("asyncio", "trio"), ("trio", "uvloop")])
+def test_a_handle_waited_on_by_one_loop_then_another_wakes_the_second(
+    backend: Backend, first: str, second: str
+) -> None:
+    """The handle remembers the waiter of the loop that waited last (finding a loop's token is the
+    costliest part of a wait); a new loop in the same thread must get its own, or a close would
+    tell the old loop and leave the new one waiting."""
+    handle = AsyncSysGenID.open(backend.path)
+    try:
+        backend_name, options = LOOPS[first]
+        bumped: list[int] = []
+
+        def bump_once_waited_on() -> None:
+            _until(lambda: bool(handle._waiters), "a waiter")
+            bumped.append(backend.bump())
+
+        bumper = threading.Thread(target=bump_once_waited_on)
+        bumper.start()
+        got = anyio.run(_within_30_seconds, handle, backend=backend_name, backend_options=options)
+        bumper.join(30)
+        assert [got] == bumped, "the first loop waited, and was woken by the change"
+        handle.ack(got)
+
+        def close_once_waited_on() -> None:
+            _until(lambda: bool(handle._waiters), "a waiter")
+            handle.close()
+
+        closer = threading.Thread(target=close_once_waited_on)
+        closer.start()
+        backend_name, options = LOOPS[second]
+        with pytest.raises(DeviceClosedError):
+            anyio.run(_within_30_seconds, handle, backend=backend_name, backend_options=options)
+        closer.join(30)
+    finally:
+        handle.close()
+    assert _released(handle)
+
+
 def test_a_change_reaches_every_waiter(backend: Backend) -> None:
     """The registry wakes on a close; a change wakes every waiter by the fd itself."""
     handle = BlockingSysGenID.open(backend.path)

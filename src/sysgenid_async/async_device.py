@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator
 
@@ -51,7 +52,7 @@ class AsyncSysGenID(Device, AsyncResource):
                 if generation is not None:
                     return generation
             read_first = True
-            waiter = _TaskWaiter(current_token())
+            waiter = self._waiter_for_this_loop()
             fd = self.add_waiter(waiter)
             try:
                 await anyio.wait_readable(fd)
@@ -59,6 +60,17 @@ class AsyncSysGenID(Device, AsyncResource):
                 raise DeviceClosedError(f"{self.path}: the handle was closed while waiting") from None
             finally:
                 self.remove_waiter(waiter)
+
+    _last_waiter: _TaskWaiter | None = None
+
+    def _waiter_for_this_loop(self) -> _TaskWaiter:
+        """The waiter of the running loop: made on its first wait, then reused while the same loop
+        waits (asking anyio for the loop's token costs more than the rest of a wait's bookkeeping)."""
+        cached = self._last_waiter
+        if cached is not None and cached.loop is _running_loop() and cached.loop is not None:
+            return cached
+        waiter = self._last_waiter = _TaskWaiter(current_token())
+        return waiter
 
     async def wait_watchers(self, timeout: float | None = None) -> WaitResult:
         """Wait until every watcher has acknowledged the current generation.
@@ -141,6 +153,23 @@ async def moved_on(handle: AsyncSysGenID, generation: int, timeout: float | None
             await sentinel.wait_for_change()
             return True
     return False
+
+
+def _running_loop() -> object | None:
+    """The running loop as its native token (the asyncio loop, or trio's token), cheaply; None
+    when neither can tell (the caller then asks anyio)."""
+    asyncio = sys.modules.get("asyncio")
+    loop: object | None = asyncio._get_running_loop() if asyncio is not None else None  # None, never raises
+    if loop is not None:
+        return loop
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            token: object = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            return None
+        return token
+    return None
 
 
 def _loop_is_gone(token: EventLoopToken) -> bool:
