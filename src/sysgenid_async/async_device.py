@@ -45,21 +45,24 @@ class AsyncSysGenID(Device, AsyncResource):
         """
         # Up to date by the page: skip the read, which would fail with EAGAIN, and wait.
         # After a wake-up always read, so a wrong hint cannot spin.
-        read_first = self.generation != self.acknowledged
+        if self.generation != self.acknowledged:
+            generation = self.read_nowait()
+            if generation is not None:
+                return generation
         while True:
-            if read_first:
-                generation = self.read_nowait()
-                if generation is not None:
-                    return generation
-            read_first = True
             waiter = self._waiter_for_this_loop()
             fd = self.add_waiter(waiter)
             try:
                 await anyio.wait_readable(fd)
+                if self._close_requested:
+                    raise DeviceClosedError(f"{self.path}: the handle was closed while waiting")
+                generation = self._read_held()  # still registered: the file stays open
             except anyio.ClosedResourceError:
                 raise DeviceClosedError(f"{self.path}: the handle was closed while waiting") from None
             finally:
                 self.remove_waiter(waiter)
+            if generation is not None:
+                return generation
 
     _last_waiter: _TaskWaiter | None = None
 

@@ -280,13 +280,18 @@ class Device:
         """The generation this handle has not acknowledged yet, or None when up to date."""
         self._enter()
         try:
-            with self._read_errors:
-                try:
-                    data = self._raw.read(uapi.GENERATION_SIZE)
-                except BlockingIOError:
-                    return None
+            return self._read_held()
         finally:
             self._exit()
+
+    def _read_held(self) -> int | None:
+        """:meth:`read_nowait` for a caller that already holds the file open (a syscall in
+        flight, or a registered waiter): no second pass through the lock."""
+        with self._read_errors:
+            try:
+                data = self._raw.read(uapi.GENERATION_SIZE)
+            except BlockingIOError:
+                return None
         if len(data) != uapi.GENERATION_SIZE:
             raise NotASysGenIDDeviceError(
                 None, f"{self.path}: not a sysgenid device (read returned {len(data)} bytes)", self.path
