@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -97,6 +99,17 @@ def _mark_for_driver(item: pytest.Item, spec: BackendSpec) -> bool:
             driver = spec.flavour.value if spec.flavour else "this driver"
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"{driver}: {quirk.description}"))
     return True
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_watcher_registry() -> Iterator[str]:
+    """Every restore watcher of the suite (and of its subprocesses) announces itself in a
+    directory of this run, never in the machine's /run/sysgenid-async."""
+    directory = tempfile.mkdtemp(prefix="sga-", dir="/tmp")  # short: unix socket paths are limited
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SYSGENID_ASYNC_RUNTIME_DIR", directory)
+        yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -17,7 +17,9 @@ from sysgenid_async.restore import (
     Phase,
     RestoreHooks,
     generation_bound,
+    on_before_snapshot,
     on_restore,
+    on_resume,
 )
 
 
@@ -50,6 +52,16 @@ on_restore(no_generation)  # type: ignore[type-var]
 on_restore(takes_text)  # type: ignore[type-var]
 on_restore(phase=Phase.RESEED)(no_generation)  # type: ignore[type-var]
 hooks.register(no_generation)  # type: ignore[type-var]
+
+# The lifecycle's other kinds are typed the same way.
+closed: Callable[[int], None] = on_before_snapshot(reseed)
+on_before_snapshot(phase=Phase.CONNECTIONS, timeout=5)(reconnect)
+on_resume(reconnect)
+hooks.before_snapshot(reseed, phase=Phase.CACHES)
+on_before_snapshot(no_generation)  # type: ignore[type-var]
+on_resume(phase=Phase.CONNECTIONS)(takes_text)  # type: ignore[type-var]
+hooks.on_resume(no_generation)  # type: ignore[type-var]
+on_before_snapshot(reseed, priority=3)  # type: ignore[call-overload]
 
 # Bound values: the factory takes no argument; the value has its type.
 assert_type(generation_bound(lambda: 1), GenerationBound[int])

@@ -2,9 +2,10 @@
 
 :func:`cli` takes the arguments and returns the exit status, so tests call it directly.
 
-Exit status: 0 success; 1 a device error; 2 usage; 3 ``wait-watchers`` timed out;
-4 no device; 5 permission denied; 6 ``selftest`` found a failure; 7 an ``--exec``
-command could not be started; 130 interrupted. A command that fails does not end
+Exit status: 0 success; 1 a device error; 2 usage; 3 ``wait-watchers`` or ``wait-ready``
+timed out; 4 no device; 5 permission denied; 6 ``selftest`` found a failure; 7 an ``--exec``
+command could not be started; 8 ``prepare`` or ``resume``: a process failed or did not
+confirm; 9 another ``prepare`` or ``resume`` is in progress; 130 interrupted. A command that fails does not end
 ``watch``: it is run again per the retry options, and its generation stays
 unacknowledged until it succeeds or a newer generation arrives.
 """
@@ -29,6 +30,7 @@ from .blocking import BlockingSysGenID
 from .device import Device, WaitResult
 from .errors import DeviceNotFoundError, DevicePermissionError, SysGenIDError
 from .restore.orchestrator import likely_cause_of_timeout
+from .restore.registry import Registry, RegistryError, RegistryPermissionError, WatcherEntry
 from .selftest import format_table, run_selftest
 from .timeouts import Deadline, validate_timeout
 from .uapi import Abi
@@ -43,18 +45,26 @@ EXIT_NO_DEVICE = 4
 EXIT_PERMISSION = 5
 EXIT_SELFTEST_FAILED = 6
 EXIT_EXEC_FAILED = 7
+EXIT_LIFECYCLE_FAILED = 8
+EXIT_BUSY = 9
 EXIT_INTERRUPTED = 130
+#: How much longer than its --timeout prepare and resume wait for the processes' replies.
+REPLY_GRACE_SECONDS = 1.0
+#: How often wait-ready looks at the registry and the device.
+READY_POLL_SECONDS = 0.05
 
 #: Every exit status and its meaning, as documented.
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_ERROR: "a device error (the message says which)",
     EXIT_USAGE: "usage error",
-    EXIT_TIMED_OUT: "wait-watchers: timed out with watchers still outdated",
+    EXIT_TIMED_OUT: "wait-watchers, wait-ready: timed out with watchers still outdated",
     EXIT_NO_DEVICE: "the device does not exist",
     EXIT_PERMISSION: "permission denied (the message names the permission)",
     EXIT_SELFTEST_FAILED: "selftest: at least one check failed",
     EXIT_EXEC_FAILED: "watch --exec: the command could not be started",
+    EXIT_LIFECYCLE_FAILED: "prepare, resume: a process failed, did not answer, or was not prepared",
+    EXIT_BUSY: "prepare, resume: another prepare or resume is in progress",
     EXIT_INTERRUPTED: "interrupted",
 }
 
@@ -125,10 +135,15 @@ def _build_parser() -> _Parser:
     parser.add_argument("--version", action="version", version=f"sysgenid-async {__version__}")
     parser.add_argument("--device", metavar="PATH", help="device path (default: $SYSGENID_DEVICE, then /dev/sysgenid)")
     parser.add_argument("--abi", choices=["auto", "v4", "v8"], default="auto", help="ABI to speak (default: probe)")
+    parser.add_argument("--runtime-dir", metavar="DIR",
+                        help="the watcher registry (default: $SYSGENID_ASYNC_RUNTIME_DIR, then /run/sysgenid-async "
+                        "for root, $XDG_RUNTIME_DIR/sysgenid-async for others)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     status = commands.add_parser("status", help="print the generation, ABI and outdated watchers")
     status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("--watchers", action="store_true",
+                        help="also list the registered watcher processes: who is late, its failing hook and error")
 
     watch = commands.add_parser("watch", help="print a line per generation change, acknowledging each")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -157,6 +172,22 @@ def _build_parser() -> _Parser:
     selftest.add_argument("--allow-trigger", action="store_true", help="also check a forced generation change")
     selftest.add_argument("--json", action="store_true", help="results as JSON")
 
+    for name, text in (("prepare", "ask every registered process to run its before-snapshot hooks; wait for all"),
+                       ("resume", "after a prepare that no snapshot restore followed: run the resume hooks")):
+        lifecycle = commands.add_parser(name, help=text)
+        lifecycle.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
+                               help=f"the hooks' budget in each process (default 30); replies are awaited "
+                               f"{REPLY_GRACE_SECONDS:g} s longer")
+        lifecycle.add_argument("--json", action="store_true", help="one JSON object per process")
+
+    ready = commands.add_parser("wait-ready", help="wait until every registered watcher has caught up with the device")
+    ready.add_argument("--timeout", type=_timeout, metavar="SECONDS", help="give up after SECONDS")
+    ready.add_argument("--channel", metavar="PATH|vsock:CID:PORT",
+                       help="also write a JSON line per ready generation there (a virtio-serial port, or vsock)")
+    ready.add_argument("--follow", action="store_true",
+                       help="keep going: report every later generation once ready (--timeout then does not apply)")
+    ready.add_argument("--json", action="store_true", help="one JSON object per ready generation")
+
     commands.add_parser("demo", help="an end-to-end story on the simulator: watchers, a bump, an orchestrator")
     return parser
 
@@ -175,7 +206,7 @@ def cli(*args: str) -> int:
     except DeviceNotFoundError as exc:
         print(f"sysgenid-async: {exc}", file=sys.stderr)
         return EXIT_NO_DEVICE
-    except DevicePermissionError as exc:
+    except (DevicePermissionError, RegistryPermissionError) as exc:
         print(f"sysgenid-async: {exc}", file=sys.stderr)
         return EXIT_PERMISSION
     except SysGenIDError as exc:
@@ -196,12 +227,140 @@ def _emit(options: argparse.Namespace, record: Mapping[str, object], text: str) 
 def _status(options: argparse.Namespace) -> int:
     with Device.open(options.device, abi=options.abi, watcher=False) as device:
         outdated = device.outdated_watchers() if device.abi is Abi.V4 else None
-        record = {"device": device.path, "abi": device.abi.value, "generation": device.generation,
-                  "outdated_watchers": outdated}
+        record: dict[str, object] = {"device": device.path, "abi": device.abi.value, "generation": device.generation,
+                                     "outdated_watchers": outdated}
     text = f"device {record['device']}\nabi {record['abi']}\ngeneration {record['generation']}"
     text += f"\noutdated watchers {outdated}" if outdated is not None else "\noutdated watchers (not counted by v8)"
+    if options.watchers:
+        entries, stale = _registered(options)
+        generation = int(str(record["generation"]))
+        record["watchers"] = [_entry_record(e, generation) for e in entries]
+        record["stale_entries"] = stale
+        named_late = sum(e.late_for(generation) for e in entries)
+        if outdated is not None:
+            record["anonymous_outdated"] = max(0, outdated - named_late)
+        text += "\n\n" + _watcher_table(entries, generation)
+        if stale:
+            text += f"\n({stale} stale entries of dead processes ignored)"
     _emit(options, record, text)
     return EXIT_OK
+
+
+def _registered(options: argparse.Namespace) -> tuple[list[WatcherEntry], int]:
+    """The live entries and the count of stale ones; none when no registry directory exists yet."""
+    registry = _open_registry(options)
+    if registry is None:
+        return [], 0
+    entries, stale = registry.scan()
+    return entries, len(stale)
+
+
+def _entry_record(entry: WatcherEntry, generation: int) -> dict[str, object]:
+    return {"pid": entry.pid, "service": entry.service, "state": entry.state, "acknowledged": entry.acknowledged,
+            "late": entry.late_for(generation), "failing_hook": entry.failing_hook, "error": entry.error}
+
+
+def _watcher_table(entries: list[WatcherEntry], generation: int) -> str:
+    if not entries:
+        return "no registered watcher processes"
+    rows = [("PID", "SERVICE", "STATE", "ACKED", "LATE", "FAILING HOOK", "ERROR")]
+    rows += [(str(e.pid), e.service, e.state, str(e.acknowledged), "yes" if e.late_for(generation) else "no",
+              e.failing_hook or "-", e.error or "-") for e in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _lifecycle(options: argparse.Namespace) -> int:
+    """prepare or resume: ask every registered process, concurrently; exit 0 only if all confirmed."""
+    from .restore import control
+
+    op = options.command
+    try:
+        registry = Registry(options.runtime_dir)
+    except RegistryPermissionError:
+        raise
+    except RegistryError as exc:
+        print(f"{op}: no restore watcher is registered ({exc})")
+        return EXIT_OK
+    with registry.exclusive("lifecycle") as mine:
+        if not mine:
+            print(f"sysgenid-async: {op}: another prepare or resume is in progress", file=sys.stderr)
+            return EXIT_BUSY
+        entries = registry.entries()
+        message = {"op": op, "timeout": options.timeout}
+        replies: dict[int, dict[str, object]] = {}
+
+        async def ask(index: int, entry: WatcherEntry) -> None:
+            path = registry.socket_path(entry.pid, entry.instance)  # the directory's, not what the entry says
+            try:
+                replies[index] = await control.request(path, message, options.timeout + REPLY_GRACE_SECONDS)
+            except control.ControlError as exc:
+                replies[index] = {"ok": False, "error": str(exc)}
+
+        async def ask_all() -> None:
+            async with anyio.create_task_group() as tasks:
+                for index, entry in enumerate(entries):
+                    tasks.start_soon(ask, index, entry)
+
+        anyio.run(ask_all)
+    failed = 0
+    for index, entry in enumerate(entries):
+        reply = replies[index]
+        ok = reply.get("ok") is True
+        failed += not ok
+        detail = "confirmed" if ok else str(reply.get("error"))
+        hook_errors = reply.get("errors")
+        if isinstance(hook_errors, list) and hook_errors:
+            detail += "; " + "; ".join(f"{e.get('hook')}: {e.get('error')}" for e in hook_errors if isinstance(e, dict))
+        _emit(options, {"pid": entry.pid, "service": entry.service, "ok": ok, "reply": reply},
+              f"{entry.pid:>7}  {entry.service:<20} {'ok' if ok else 'FAILED'}  {detail}")
+        if not ok:
+            print(f"sysgenid-async: {op}: {entry.service} (pid {entry.pid}): {detail}", file=sys.stderr)
+    if not entries:
+        print(f"{op}: no restore watcher is registered in {registry.path}")
+    return EXIT_LIFECYCLE_FAILED if failed else EXIT_OK
+
+
+def _wait_ready(options: argparse.Namespace) -> int:
+    from .restore.readiness import Readiness, open_channel, readiness, write_record
+
+    channel = open_channel(options.channel) if options.channel else None
+    deadline = Deadline(None if options.follow else options.timeout)
+    reported: int | None = None
+    registry: Registry | None = None
+    try:
+        with Device.open(options.device, abi=options.abi, watcher=False) as device:
+            while True:
+                registry = registry or _open_registry(options)  # none yet: no watcher to wait for
+                state = readiness(registry, device) if registry else Readiness(device.generation, [], [])
+                if state.ready and state.generation != reported:
+                    record = state.record()
+                    _emit(options, record, f"generation {state.generation}: ready ({len(state.watchers)} watchers)")
+                    if channel is not None:
+                        write_record(channel, record)
+                    reported = state.generation
+                    if not options.follow:
+                        return EXIT_OK
+                if deadline.expired():
+                    names = ", ".join(f"{e.service} (pid {e.pid}, {e.state})" for e in state.late)
+                    print(f"sysgenid-async: wait-ready: timed out at generation {state.generation}; late: {names}",
+                          file=sys.stderr)
+                    return EXIT_TIMED_OUT
+                time.sleep(READY_POLL_SECONDS)
+    finally:
+        if channel is not None:
+            channel.close()
+
+
+def _open_registry(options: argparse.Namespace) -> Registry | None:
+    """The registry, or None when its directory does not exist yet (no watcher has run)."""
+    try:
+        return Registry(options.runtime_dir)
+    except RegistryPermissionError:
+        raise
+    except RegistryError:
+        return None
 
 
 def _watch(options: argparse.Namespace) -> int:
@@ -301,5 +460,8 @@ _COMMANDS = {
     "trigger": _trigger,
     "wait-watchers": _wait_watchers,
     "selftest": _selftest,
+    "prepare": _lifecycle,
+    "resume": _lifecycle,
+    "wait-ready": _wait_ready,
     "demo": _demo,
 }

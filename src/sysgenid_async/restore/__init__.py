@@ -12,14 +12,28 @@ Modules: :mod:`~sysgenid_async.restore.hooks` (the registry and its phases),
 :mod:`~sysgenid_async.restore.gate` (which generation the hooks have run for; ``restored()``),
 :mod:`~sysgenid_async.restore.watcher` (the process's watcher and its subscriptions),
 :mod:`~sysgenid_async.restore.bound` (values rebuilt per generation),
-:mod:`~sysgenid_async.restore.reseed` (ready-made hooks; ``Reopenable``) and
-:mod:`~sysgenid_async.restore.orchestrator` (waiting for every watcher on the machine).
+:mod:`~sysgenid_async.restore.reseed` (ready-made hooks; ``Reopenable``),
+:mod:`~sysgenid_async.restore.orchestrator` (waiting for every watcher on the machine), and the
+snapshot lifecycle (docs/lifecycle.md): :mod:`~sysgenid_async.restore.registry` (the machine's
+watcher processes), :mod:`~sysgenid_async.restore.control` (their control sockets),
+:mod:`~sysgenid_async.restore.lifecycle` (prepare and resume in a process) and
+:mod:`~sysgenid_async.restore.readiness` (systemd, ``wait-ready``, the VMM channel).
 """
 
 from ..errors import RestorePendingError, RestoreWatcherRunningError
 from .bound import AsyncGenerationBound, GenerationBound, generation_bound
 from .gate import restored
-from .hooks import HookError, Phase, RestoreHooks, RestoreHooksError, on_restore, restore_hooks
+from .hooks import (
+    HookError,
+    HookKind,
+    Phase,
+    RestoreHooks,
+    RestoreHooksError,
+    on_before_snapshot,
+    on_restore,
+    on_resume,
+    restore_hooks,
+)
 from .orchestrator import OrchestrationReport, Orchestrator
 from .reseed import (
     ProcessIdentity,
@@ -36,6 +50,7 @@ __all__ = [
     "AsyncGenerationBound",
     "GenerationBound",
     "HookError",
+    "HookKind",
     "OrchestrationReport",
     "Orchestrator",
     "Phase",
@@ -50,7 +65,9 @@ __all__ = [
     "Subscription",
     "generation_bound",
     "install_default_hooks",
+    "on_before_snapshot",
     "on_restore",
+    "on_resume",
     "regenerate_identities",
     "register_random",
     "reseed_numpy",

@@ -19,6 +19,13 @@ failed one. A retry starts again at the failed phase, so hooks must be idempoten
 
 Each registry has a :class:`~sysgenid_async.restore.gate.RestoreGate` (``hooks.gate``): the record of
 which generation it has been restored for, which generation-bound values consult.
+
+A registry also keeps the two other kinds of the snapshot lifecycle (docs/lifecycle.md):
+``@on_before_snapshot(phase=...)`` hooks run when ``sysgenid-async prepare`` asks, in
+*reverse* phase order (connections first, then caches, secrets, identities); and
+``@on_resume(phase=...)`` hooks run when ``sysgenid-async resume`` continues the original
+VM (no restore followed), in phase order. Both are called as ``hook(generation)``, with the
+same timeouts; every hook runs, and the failures are gathered.
 """
 
 from __future__ import annotations
@@ -45,11 +52,14 @@ if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
 
 __all__ = [
     "HookError",
+    "HookKind",
     "Phase",
     "RestoreHook",
     "RestoreHooks",
     "RestoreHooksError",
+    "on_before_snapshot",
     "on_restore",
+    "on_resume",
     "restore_hooks",
 ]
 
@@ -77,14 +87,28 @@ class Phase(enum.IntEnum):
     DEFAULT = 600
 
 
+class HookKind(enum.Enum):
+    """When a hook runs in the snapshot lifecycle."""
+
+    #: after a restore (a generation change): ``@on_restore``
+    RESTORE = "restore"
+    #: before a snapshot, when ``prepare`` asks: ``@on_before_snapshot``
+    BEFORE_SNAPSHOT = "before-snapshot"
+    #: when ``resume`` continues the original VM after a prepare: ``@on_resume``
+    RESUME = "resume"
+
+
 class HookError(Exception):
     """One hook's failure, naming the hook; the original error is its ``__cause__``."""
 
-    def __init__(self, hook: RestoreHook, generation: int, error: BaseException) -> None:
+    def __init__(
+        self, hook: RestoreHook, generation: int, error: BaseException, kind: HookKind = HookKind.RESTORE
+    ) -> None:
         reason = "timed out" if isinstance(error, TimeoutError) else f"raised {error!r}"
-        super().__init__(f"restore hook {hook.name} {reason} for generation {generation}")
+        super().__init__(f"{kind.value} hook {hook.name} {reason} for generation {generation}")
         self.hook = hook
         self.generation = generation
+        self.kind = kind
         self.__cause__ = error
 
 
@@ -159,16 +183,16 @@ class RestoreHook:
         finally:
             self._abandoned -= 1
 
-    async def attempt(self, generation: int) -> HookError | None:
+    async def attempt(self, generation: int, kind: HookKind = HookKind.RESTORE) -> HookError | None:
         """Run it; its failure (logged), or None. A cancellation of the caller propagates."""
         try:
             await self.run(generation)
         except anyio.get_cancelled_exc_class() as exc:
             if _caller_cancelled():
                 raise
-            return self._failed(generation, exc)  # the hook cancelled itself: a failure
+            return self._failed(generation, exc, kind)  # the hook cancelled itself: a failure
         except Exception as exc:
-            return self._failed(generation, exc)
+            return self._failed(generation, exc, kind)
         return None
 
     def attempt_inline(self, generation: int) -> HookError | None:
@@ -184,8 +208,8 @@ class RestoreHook:
             return self._failed(generation, exc)
         return None
 
-    def _failed(self, generation: int, exc: BaseException) -> HookError:
-        error = HookError(self, generation, exc)
+    def _failed(self, generation: int, exc: BaseException, kind: HookKind = HookKind.RESTORE) -> HookError:
+        error = HookError(self, generation, exc, kind)
         logger.error("%s", error, exc_info=exc)
         return error
 
@@ -204,6 +228,12 @@ class RestoreHooks:
 
     def __init__(self) -> None:
         self._hooks: list[RestoreHook] = []
+        # The lifecycle's other kinds, each kept in registration order (sorted when run).
+        self._lifecycle: dict[HookKind, list[RestoreHook]] = {HookKind.BEFORE_SNAPSHOT: [], HookKind.RESUME: []}
+        #: ``@hooks.before_snapshot(phase=...)``: run by ``prepare``, connections first.
+        self.before_snapshot = LifecycleRegistrar(self, HookKind.BEFORE_SNAPSHOT)
+        #: ``@hooks.on_resume(phase=...)``: run by ``resume``, in phase order.
+        self.on_resume = LifecycleRegistrar(self, HookKind.RESUME)
         self._lock = threading.Lock()
         self._sequence = itertools.count()
         #: Which generation this registry has been restored for (see :mod:`~sysgenid_async.restore.gate`).
@@ -251,6 +281,29 @@ class RestoreHooks:
         """
         if function is None:
             return lambda f: self.register(f, phase=phase, priority=priority, timeout=timeout, weak=weak, name=name)
+        hook = self._make_hook(function, phase=phase, priority=priority, timeout=timeout, weak=weak, name=name)
+        with self._lock:  # kept in run order; sequence numbers only grow, so insort keeps ties in order
+            bisect.insort(self._hooks, hook, key=_run_order)
+        return function
+
+    def _add_lifecycle_hook(
+        self, kind: HookKind, function: F, *, phase: Phase, timeout: float | None, weak: bool, name: str | None
+    ) -> F:
+        hook = self._make_hook(function, phase=phase, priority=None, timeout=timeout, weak=weak, name=name)
+        with self._lock:
+            self._lifecycle[kind].append(hook)
+        return function
+
+    def _make_hook(
+        self,
+        function: Callable[[int], object],
+        *,
+        phase: Phase,
+        priority: int | None,
+        timeout: float | None,
+        weak: bool,
+        name: str | None,
+    ) -> RestoreHook:
         if not callable(function):
             raise TypeError(f"a restore hook must be callable, not {type(function).__name__}")
         if not isinstance(phase, Phase):
@@ -270,7 +323,7 @@ class RestoreHooks:
             target = reference
         else:
             target = lambda: function  # noqa: E731 - a strong reference with the weakref's interface
-        hook = RestoreHook(
+        return RestoreHook(
             name=name or _hook_name(function),
             priority=phase.value if priority is None else priority,
             timeout=seconds,
@@ -280,21 +333,60 @@ class RestoreHooks:
                 getattr(function, "__call__", None)  # noqa: B004 - async callable objects
             ),
         )
-        with self._lock:  # kept in run order; sequence numbers only grow, so insort keeps ties in order
-            bisect.insort(self._hooks, hook, key=_run_order)
-        return function
 
     def unregister(self, function: Callable[..., Any]) -> bool:
-        """Remove every registration of ``function``; True if there was one."""
+        """Remove every registration of ``function``, of every kind; True if there was one."""
         with self._lock:
             kept = [h for h in self._hooks if h.function != function]
             removed = len(kept) != len(self._hooks)
             self._hooks = kept
+            for kind, hooks in self._lifecycle.items():
+                kept = [h for h in hooks if h.function != function]
+                removed = removed or len(kept) != len(hooks)
+                self._lifecycle[kind] = kept
         return removed
 
     def clear(self) -> None:
+        """Remove every hook, of every kind."""
         with self._lock:
             self._hooks = []
+            for hooks in self._lifecycle.values():
+                hooks.clear()
+
+    def lifecycle_hooks(self, kind: HookKind) -> list[RestoreHook]:
+        """The live hooks of ``kind``, in the order they run: before-snapshot hooks in reverse
+        phase order (connections first), the others in phase order; ties in registration order."""
+        if kind is HookKind.RESTORE:
+            return self.hooks
+        with self._lock:
+            hooks = [h for h in self._lifecycle[kind] if h.function is not None]
+            self._lifecycle[kind] = list(hooks)
+        if kind is HookKind.BEFORE_SNAPSHOT:
+            return sorted(hooks, key=lambda h: (-h.priority, h.sequence))
+        return sorted(hooks, key=_run_order)
+
+    async def run_lifecycle(
+        self, kind: HookKind, generation: int, timeout: float | None = None
+    ) -> list[HookError]:
+        """Run every hook of ``kind`` once, in order; the failures (each also logged).
+
+        Unlike a restore pass, a failure does not stop the others: before a snapshot every
+        pool that can be closed should be. ``timeout`` bounds the whole pass (each hook also
+        has its own); the hooks it leaves unrun are failures that say so.
+        """
+        seconds = validate_timeout(timeout)
+        errors: list[HookError] = []
+        hooks = self.lifecycle_hooks(kind)
+        done = 0
+        with anyio.move_on_after(math.inf if seconds is None else seconds):
+            for hook in hooks:
+                error = await hook.attempt(generation, kind)
+                if error is not None:
+                    errors.append(error)
+                done += 1
+        for hook in hooks[done:]:  # interrupted by the pass's timeout, or never started
+            errors.append(hook._failed(generation, TimeoutError(f"the {kind.value} pass ran out of time"), kind))
+        return errors
 
     def replace_hooks(self, hooks: list[RestoreHook]) -> list[RestoreHook]:
         """Put ``hooks`` in place of the registered ones; returns those (test isolation)."""
@@ -325,6 +417,44 @@ class RestoreHooks:
         await RestoreGate(self).drive(run)
         if run.errors:
             raise RestoreHooksError(generation, run.errors)
+
+
+class LifecycleRegistrar:
+    """Registers hooks of one lifecycle kind on a registry (``hooks.before_snapshot``,
+    ``hooks.on_resume``), as a decorator with or without arguments, typed like ``register``."""
+
+    def __init__(self, hooks: RestoreHooks, kind: HookKind) -> None:
+        self._hooks = hooks
+        self.kind = kind
+
+    @overload
+    def __call__(
+        self, function: F, *, phase: Phase = ..., timeout: float | None = ..., weak: bool = ..., name: str | None = ...
+    ) -> F: ...
+
+    @overload
+    def __call__(
+        self,
+        function: None = None,
+        *,
+        phase: Phase = ...,
+        timeout: float | None = ...,
+        weak: bool = ...,
+        name: str | None = ...,
+    ) -> Callable[[F], F]: ...
+
+    def __call__(
+        self,
+        function: F | None = None,
+        *,
+        phase: Phase = Phase.DEFAULT,
+        timeout: float | None = None,
+        weak: bool = False,
+        name: str | None = None,
+    ) -> F | Callable[[F], F]:
+        if function is None:
+            return lambda f: self(f, phase=phase, timeout=timeout, weak=weak, name=name)
+        return self._hooks._add_lifecycle_hook(self.kind, function, phase=phase, timeout=timeout, weak=weak, name=name)
 
 
 def check_callable_as(function: Callable[..., Any], arguments: tuple[object, ...], how: str) -> None:
@@ -360,3 +490,7 @@ def _caller_cancelled() -> bool:
 restore_hooks = RestoreHooks()
 #: Register on the process-wide registry: ``@on_restore`` or ``@on_restore(phase=...)``.
 on_restore = restore_hooks.register
+#: A hook that ``sysgenid-async prepare`` runs before a snapshot: ``@on_before_snapshot(phase=...)``.
+on_before_snapshot = restore_hooks.before_snapshot
+#: A hook that ``sysgenid-async resume`` runs when the original VM goes on: ``@on_resume(phase=...)``.
+on_resume = restore_hooks.on_resume

@@ -7,7 +7,10 @@
 If the generation changes again while it waits, the orchestrator starts over with the new
 one: it never acknowledges a stale generation and never waits on one that is gone.
 On v4 the report says how many watchers were late; v8 has no count, so only whether
-anyone was (``late_watchers`` is None).
+anyone was (``late_watchers`` is None). On a timeout, the report also *names* the late
+processes that run a restore watcher, from the machine's watcher registry
+(``late_processes``: pid, service, state, failing hook and its error); on v4,
+``anonymous_late`` is the rest of the kernel's count: files opened outside the library.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..errors import StaleGenerationError
 from ..timeouts import validate_timeout
 from ..uapi import Abi
 from .callbacks import maybe_await
+from .registry import Registry, RegistryError, WatcherEntry
 
 __all__ = ["OrchestrationReport", "Orchestrator", "likely_cause_of_timeout"]
 
@@ -63,6 +67,10 @@ class OrchestrationReport:
     elapsed: float
     #: on a timeout, a cause besides a slow watcher, when one is likely (see likely_cause_of_timeout)
     likely_cause: str | None = None
+    #: on a timeout, the registered processes that had not caught up, by pid
+    late_processes: tuple[WatcherEntry, ...] = ()
+    #: v4, on a timeout: the late files that no registered process accounts for; v8: None
+    anonymous_late: int | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -80,10 +88,13 @@ class Orchestrator:
         pause: Callback | None = None,
         resume: Callback | None = None,
         abi: AbiChoice = "auto",
+        runtime_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.timeout = validate_timeout(timeout)
         self.path = path
         self.abi = abi
+        #: the watcher registry that names late processes (see sysgenid_async.restore.registry)
+        self.runtime_dir = runtime_dir
         self._pause = pause
         self._resume = resume
         self._handle: AsyncSysGenID | None = None
@@ -127,8 +138,21 @@ class Orchestrator:
         finally:
             await _call(self._resume, generation)
         late = handle.outdated_watchers() if handle.abi is Abi.V4 else None
-        cause = likely_cause_of_timeout(handle.abi, generation) if result is WaitResult.TIMED_OUT else None
-        return OrchestrationReport(generation, result, late, restarts, time.monotonic() - started, cause)
+        if result is not WaitResult.TIMED_OUT:
+            return OrchestrationReport(generation, result, late, restarts, time.monotonic() - started)
+        named = tuple(self._late_processes(generation))
+        return OrchestrationReport(
+            generation, result, late, restarts, time.monotonic() - started,
+            likely_cause_of_timeout(handle.abi, generation), named,
+            None if late is None else max(0, late - len(named)),
+        )
+
+    def _late_processes(self, generation: int) -> list[WatcherEntry]:
+        try:
+            entries = Registry(self.runtime_dir).entries()
+        except RegistryError:  # no registry (no watcher announced itself), or not ours to read
+            return []
+        return [e for e in entries if e.late_for(generation)]
 
     def __aiter__(self) -> Orchestrator:
         return self

@@ -17,6 +17,12 @@ first pass over the hooks, whether it succeeded or not (``last_error`` tells).
 One watcher per registry: a second one on the same registry (by default, the process's)
 is refused with :class:`~sysgenid_async.restore.RestoreWatcherRunningError`.
 
+The watcher also takes part in the snapshot lifecycle (docs/lifecycle.md): it announces
+its process in the machine's watcher registry (``announce=False`` to stay out), answers
+``prepare`` and ``resume`` on its control socket by running the registry's before-snapshot
+and resume hooks, and, under systemd with ``NOTIFY_SOCKET``, sends ``RELOADING=1`` when a
+change arrives and ``READY=1`` once it acknowledged it.
+
 Retry policy: when a hook fails, the pass stops after its phase; the retry runs that
 phase again and every later one, after ``initial_delay`` seconds, doubling up to
 ``max_delay``, up to ``max_attempts`` times (default: for ever). A newer generation
@@ -29,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -44,6 +51,11 @@ from ..async_device import AsyncSysGenID, moved_on
 from ..device import AbiChoice
 from .gate import HookRun
 from .hooks import RestoreHooks, RestoreHooksError, restore_hooks
+from .lifecycle import ProcessLifecycle
+from .registry import Registry, service_name
+
+if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["RestoreWatcher", "RetryPolicy", "Subscription", "restore_watcher"]
 
@@ -144,11 +156,20 @@ class RestoreWatcher:
         hooks: RestoreHooks | None = None,
         abi: AbiChoice = "auto",
         retry: RetryPolicy | None = None,
+        service: str | None = None,
+        announce: bool = True,
+        runtime_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = path
         self.hooks = restore_hooks if hooks is None else hooks
         self.abi = abi
         self.retry = RetryPolicy() if retry is None else retry
+        #: the name this process announces in the watcher registry
+        self.service = service_name(service)
+        self.announce = announce
+        self.runtime_dir = runtime_dir
+        #: this process's part in the snapshot lifecycle (made when the watcher starts)
+        self.lifecycle: ProcessLifecycle | None = None
         self._handle: AsyncSysGenID | None = None
         self._opened: AsyncSysGenID | None = None  # opened ahead by restore_watcher()
         self._attached = False
@@ -185,6 +206,13 @@ class RestoreWatcher:
     def _subscriber_progress(self) -> None:
         self._progress.set()
 
+    def _start_lifecycle(self, handle: AsyncSysGenID) -> ProcessLifecycle:
+        """The registry is checked here, before any task starts: a bad directory raises plainly."""
+        if self.lifecycle is None:
+            registry = Registry(self.runtime_dir, create=True) if self.announce else None
+            self.lifecycle = ProcessLifecycle(self.hooks, registry, self.service, lambda: handle.generation)
+        return self.lifecycle
+
     def _attach(self, handle: AsyncSysGenID) -> None:
         if not self._attached:
             self.hooks.gate.attach(self, handle)
@@ -201,40 +229,58 @@ class RestoreWatcher:
         self._opened = None
         async with handle:
             try:
+                lifecycle = self._start_lifecycle(handle)
                 self._attach(handle)
                 self._handle = handle
-                task_status.started(self)
-                if self.hooks.gate.pending_run(handle.generation) is not None:
-                    # The process lived through a restore before this watcher started (a bound
-                    # value saw the old generation): its hooks have not run for this one.
-                    await self._handle_generation(handle, handle.generation)
-                while True:
-                    generation = await handle.wait_for_change()
-                    await self._handle_generation(handle, generation)
+                with _plain_errors():
+                    async with anyio.create_task_group() as tasks:
+                        await tasks.start(lifecycle.serve)
+                        task_status.started(self)
+                        try:
+                            await self._watch(handle, lifecycle)
+                        finally:
+                            tasks.cancel_scope.cancel()
             finally:
                 self._detach()
                 self._handle = None
+                self.lifecycle = None
                 for subscription in list(self._subscribers):
                     subscription.close()
 
-    async def _handle_generation(self, handle: AsyncSysGenID, generation: int) -> None:
+    async def _watch(self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle) -> None:
+        if self.hooks.gate.pending_run(handle.generation) is not None:
+            # The process lived through a restore before this watcher started (a bound
+            # value saw the old generation): its hooks have not run for this one.
+            await self._handle_generation(handle, lifecycle, handle.generation)
+        while True:
+            generation = await handle.wait_for_change()
+            await self._handle_generation(handle, lifecycle, generation)
+
+    async def _handle_generation(self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle, generation: int) -> None:
         gate = self.hooks.gate
-        run = gate.pending_run(generation)
-        hooks_ok = run is None or await gate.drive(run)
+        lifecycle.restoring(generation)
+        async with lifecycle.restore_step():  # after a prepare or resume under way
+            run = gate.pending_run(generation)
+            hooks_ok = run is None or await gate.drive(run)
         self.last_error = None if run is None or hooks_ok else RestoreHooksError(generation, run.errors)
         if handle.generation != generation:
             return  # a newer generation arrived: start over with it
         waiting = self._offer(generation)  # after the first pass, whatever it gave
         if run is not None and not hooks_ok:
-            hooks_ok = await self._retry(handle, run)
+            assert self.last_error is not None
+            lifecycle.failed(self.last_error)
+            hooks_ok = await self._retry(handle, run, lifecycle)
         if hooks_ok and await self._subscribers_done(handle, generation, waiting):
+            if handle.generation == generation:
+                lifecycle.will_acknowledge(generation)
             if handle.ack_unless_moved_on(generation):  # else a newer one came: handled next
                 self.acknowledged = generation
+                lifecycle.acknowledged_to_kernel(generation)
             return
         # Stay outdated until the next generation, so an orchestrator sees the failure.
         await moved_on(handle, generation, None)
 
-    async def _retry(self, handle: AsyncSysGenID, run: HookRun) -> bool:
+    async def _retry(self, handle: AsyncSysGenID, run: HookRun, lifecycle: ProcessLifecycle) -> bool:
         """Retry from the failed phase, per the policy; True once every hook succeeded."""
         gate = self.hooks.gate
         for delay in self.retry.delays():
@@ -245,6 +291,7 @@ class RestoreWatcher:
                 self.last_error = None
                 return True
             self.last_error = RestoreHooksError(run.generation, run.errors)
+            lifecycle.failed(self.last_error)
         logger.error("restore hooks still failing for generation %d: left unacknowledged", run.generation)
         return False
 
@@ -279,6 +326,17 @@ class RestoreWatcher:
             await self._progress.wait()
 
 
+@contextlib.contextmanager
+def _plain_errors() -> Iterator[None]:
+    """Re-raise a lone error out of a task group as itself (trio groups every error)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+
+
 @contextlib.asynccontextmanager
 async def restore_watcher(
     path: str | os.PathLike[str] | None = None,
@@ -286,18 +344,26 @@ async def restore_watcher(
     hooks: RestoreHooks | None = None,
     abi: AbiChoice = "auto",
     retry: RetryPolicy | None = None,
+    service: str | None = None,
+    announce: bool = True,
+    runtime_dir: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[RestoreWatcher]:
     """Run the process's restore watcher for the duration of the block.
 
     The one line a service needs (``async with restore_watcher(): ...``), in its main or in
     an ASGI lifespan. Hooks registered before it starts run on the first change. A second
     watcher on the same registry raises :class:`~sysgenid_async.restore.RestoreWatcherRunningError`.
+    ``service`` names the process in the machine's watcher registry (default: the program's
+    name); ``announce=False`` keeps it out (no entry, no control socket); ``runtime_dir``
+    overrides the registry directory (:func:`~sysgenid_async.restore.registry.runtime_dir`).
     """
-    watcher = RestoreWatcher(path, hooks=hooks, abi=abi, retry=retry)
-    # Open and attach before the task group, so that a missing device or a second watcher
-    # raises plainly, not in an ExceptionGroup.
+    watcher = RestoreWatcher(path, hooks=hooks, abi=abi, retry=retry, service=service, announce=announce,
+                             runtime_dir=runtime_dir)
+    # Open, check the registry and attach before the task group, so that a missing device,
+    # a bad registry directory or a second watcher raises plainly, not in an ExceptionGroup.
     handle = watcher._opened = AsyncSysGenID.open(path, abi=abi)
     try:
+        watcher._start_lifecycle(handle)
         watcher._attach(handle)
     except BaseException:
         handle.close()

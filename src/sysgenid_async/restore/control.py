@@ -1,0 +1,205 @@
+"""The local control channel: one unix socket per watcher process, in the registry directory.
+
+Protocol: the client sends one JSON object on one line (at most :data:`MESSAGE_LIMIT`
+bytes), ``{"op": "prepare", "timeout": 30}``, ``{"op": "resume"}`` or ``{"op": "status"}``;
+the process answers with one JSON object on one line, ``{"ok": true, ...}`` or
+``{"ok": false, "error": "..."}``, and closes.
+
+Who may ask: the socket is mode 0600 in a 0700 directory, and the server checks the peer's
+credentials (``SO_PEERCRED``): only the same user, or root. A request that does not arrive
+within :data:`REQUEST_SECONDS`, is too long, is not JSON, or names no known operation gets
+an error reply; the service goes on (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ..errors import SysGenIDError
+
+__all__ = [
+    "MESSAGE_LIMIT",
+    "OPERATIONS",
+    "REQUEST_SECONDS",
+    "ControlError",
+    "ProtocolError",
+    "peer_allowed",
+    "request",
+    "serve",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The longest request or reply line, in bytes.
+MESSAGE_LIMIT = 4096
+#: How long the server waits for a request (and a client for a connection), in seconds.
+REQUEST_SECONDS = 5.0
+#: What a client may ask.
+OPERATIONS = frozenset({"prepare", "resume", "status"})
+# Longest sun_path, with its terminating NUL.
+_SUN_PATH_MAX = 107
+
+Reply = dict[str, Any]
+Handler = Callable[[str, Mapping[str, Any]], Awaitable[Reply]]
+
+
+class ProtocolError(SysGenIDError, ValueError):
+    """A malformed request or reply on the control channel."""
+
+
+class ControlError(SysGenIDError):
+    """A process could not be asked: no answer, refused, gone, or a malformed reply."""
+
+
+def peer_allowed(peer_uid: int, own_uid: int) -> bool:
+    """Whether a peer with ``peer_uid`` may control a process running as ``own_uid``."""
+    return peer_uid in (0, own_uid)
+
+
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """The operation and the whole request; :class:`ProtocolError` when malformed."""
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"malformed message: not JSON ({exc})") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("malformed message: not a JSON object")
+    op = message.get("op")
+    if op not in OPERATIONS:
+        raise ProtocolError(f"malformed message: op must be one of {sorted(OPERATIONS)}, not {op!r}")
+    timeout = message.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ProtocolError(f"malformed message: timeout must be a positive number, not {timeout!r}")
+    return op, message
+
+
+async def _read_line(stream: anyio.abc.ByteReceiveStream) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        try:
+            data += await stream.receive(MESSAGE_LIMIT + 1)
+        except anyio.EndOfStream:
+            break  # a peer may end its request by shutting down its side
+        if len(data) > MESSAGE_LIMIT:
+            raise ProtocolError(f"message longer than {MESSAGE_LIMIT} bytes")
+    line = data.split(b"\n", 1)[0]
+    if len(line) > MESSAGE_LIMIT:
+        raise ProtocolError(f"message longer than {MESSAGE_LIMIT} bytes")
+    if not line:
+        raise ProtocolError("malformed message: empty")
+    return line
+
+
+def _encode(reply: Mapping[str, Any]) -> bytes:
+    return json.dumps(reply, sort_keys=True).encode() + b"\n"
+
+
+def _peer_uid(stream: anyio.abc.SocketStream) -> int:
+    raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    credentials = raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return int(uid)
+
+
+async def handle_connection(stream: anyio.abc.SocketStream, handler: Handler) -> None:
+    """Serve one request on ``stream``: check the peer, read, dispatch, reply, close.
+    Never raises (but a cancellation): a bad client must not take the service down."""
+    async with stream:
+        try:
+            uid = _peer_uid(stream)
+            # Read the request before anything else, so that a refused peer gets its reply
+            # (not a broken pipe); a refused request is never parsed.
+            with anyio.fail_after(REQUEST_SECONDS):
+                line = await _read_line(stream)
+            if not peer_allowed(uid, os.geteuid()):
+                logger.warning("control channel: refused a request from uid %d", uid)
+                reply: Reply = {"ok": False, "error": f"permission denied: uid {uid} may not control this process"}
+            else:
+                op, message = parse_request(line)
+                reply = await handler(op, message)
+        except ProtocolError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except TimeoutError:
+            reply = {"ok": False, "error": f"no request within {REQUEST_SECONDS:g} s"}
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return  # the client went away
+        except Exception as exc:  # a bug must not end the watcher: answer, log
+            logger.exception("control channel: the request failed")
+            reply = {"ok": False, "error": f"internal error: {exc!r}"}
+        try:
+            with anyio.fail_after(REQUEST_SECONDS):
+                await stream.send(_encode(reply))
+        except (TimeoutError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+
+
+def check_socket_path(path: Path) -> None:
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise ControlError(f"{path}: longer than a unix socket path may be ({_SUN_PATH_MAX} bytes)")
+
+
+async def serve(
+    path: Path, handler: Handler, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Listen on ``path`` (mode 0600) until cancelled; the socket file is removed on the way out."""
+    check_socket_path(path)
+    _remove(path)  # named after this process's pid: whatever is there is stale
+    listener = await anyio.create_unix_listener(path, mode=0o600)
+    try:
+        async with listener:
+            task_status.started()
+            await listener.serve(lambda stream: handle_connection(stream, handler))
+    finally:
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    # One unlink in a local directory: not worth a worker thread.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+async def request(path: str | os.PathLike[str], message: Mapping[str, Any], timeout: float) -> Reply:
+    """Send ``message`` to the process at ``path``; its reply. :class:`ControlError` when
+    it cannot be asked or does not answer within ``timeout`` seconds."""
+    target = Path(path)
+    try:
+        with anyio.fail_after(timeout):
+            try:
+                stream = await anyio.connect_unix(target)
+            except ConnectionRefusedError:
+                raise ControlError("connection refused (a stale socket: the process is not listening)") from None
+            except FileNotFoundError:
+                raise ControlError("no control socket") from None
+            except PermissionError:
+                raise ControlError("permission denied on the control socket") from None
+            async with stream:
+                await stream.send(_encode(message))
+                try:
+                    line = await _read_line(stream)
+                except ProtocolError as exc:
+                    if "empty" in str(exc):
+                        raise ControlError("closed without a reply (the process died, or refused)") from None
+                    raise ControlError(f"malformed reply: {exc}") from None
+                except (anyio.BrokenResourceError, OSError) as exc:
+                    raise ControlError(f"connection lost: {exc}") from None
+    except TimeoutError:
+        raise ControlError(f"no answer within {timeout:g} s") from None
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise ControlError("malformed reply: not JSON") from None
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise ControlError("malformed reply: no 'ok'")
+    return reply
