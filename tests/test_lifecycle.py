@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from backends import NOBODY, Backend
-from sysgenid_async import Abi, WaitResult
+from sysgenid_async import Abi, BlockingSysGenID, WaitResult
 from sysgenid_async.cli import EXIT_BUSY, EXIT_LIFECYCLE_FAILED, EXIT_OK, EXIT_PERMISSION, EXIT_TIMED_OUT, cli
 from sysgenid_async.restore import HookKind, Orchestrator, Phase, RestoreHooks, RetryPolicy, control, restore_watcher
 from sysgenid_async.restore.registry import (
@@ -155,6 +155,28 @@ async def test_a_watcher_refuses_a_registry_that_is_not_private_and_leaves_nothi
         async with restore_watcher(backend.path, hooks=RestoreHooks(), runtime_dir=runtime):
             pass  # pragma: no cover - never entered
     assert backend.open_files() == 0 and os.listdir(runtime) == []
+
+
+@pytest.mark.anyio
+async def test_without_a_default_registry_place_the_watcher_runs_unannounced(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("SYSGENID_ASYNC_RUNTIME_DIR")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # a user with no runtime directory
+    seen: list[int] = []
+    hooks = RestoreHooks()
+    hooks.register(seen.append)
+    async with restore_watcher(backend.path, hooks=hooks) as watcher:
+        assert watcher.lifecycle is not None and watcher.lifecycle.registry is None
+        new = backend.bump()
+        await until(lambda: watcher.acknowledged == new)
+    assert seen == [new] and "not announced in the watcher registry" in caplog.text
+    # Named explicitly, the same place is an error.
+    with pytest.raises(RegistryError, match="parent directory does not exist"):
+        async with restore_watcher(backend.path, hooks=RestoreHooks(), runtime_dir="/nonexistent/sga"):
+            pass  # pragma: no cover - never entered
+    assert backend.open_files() == 0
 
 
 def test_a_missing_registry_directory() -> None:
@@ -592,3 +614,36 @@ async def test_systemd_hears_reloading_on_a_change_and_ready_when_the_hooks_are_
         notify.close()
     assert reloading[0] == "RELOADING=1" and reloading[1].startswith("MONOTONIC_USEC=")
     assert ready == "READY=1" and seen == [new]
+
+
+@pytest.mark.anyio
+async def test_wait_ready_follow_holds_no_watcher_that_falls_behind(backend: Backend, runtime: str) -> None:
+    """``wait-ready --follow`` runs beside the services for ever: on v4 a file it kept open
+    would be a watcher left behind at the first change, holding every orchestrator back."""
+    read_end, write_end = os.pipe()
+    hooks = RestoreHooks()
+    statuses: list[int] = []
+    follow = ("--runtime-dir", runtime, "--device", backend.path, "wait-ready", "--follow", "--json",
+              "--channel", f"/proc/self/fd/{write_end}")
+    with os.fdopen(read_end, "rb") as lines:
+        async with restore_watcher(backend.path, hooks=hooks, runtime_dir=runtime) as watcher, \
+                anyio.create_task_group() as tasks:
+            async def run_follow() -> None:
+                statuses.append(await run_cli(*follow))
+
+            tasks.start_soon(run_follow)
+            try:
+                first = json.loads(await anyio.to_thread.run_sync(lines.readline))
+                os.close(write_end)  # the command has its own descriptor of the pipe
+                new = backend.bump()
+                await until(lambda: watcher.acknowledged == new)
+                second = json.loads(await anyio.to_thread.run_sync(lines.readline))
+                assert first["generation"] != new and second["generation"] == new and second["ready"]
+                if backend.abi is Abi.V4:  # the kernel's word: nobody is behind, the command included
+                    with BlockingSysGenID.open(backend.path) as probe:
+                        result = await anyio.to_thread.run_sync(probe.wait_watchers, 2)
+                    assert result is WaitResult.CAUGHT_UP
+            finally:
+                lines.close()  # the next report then fails on a broken pipe, and the command ends
+                backend.bump()
+        assert statuses == [1]

@@ -11,10 +11,16 @@ It runs, side by side:
 - an ``IDENTITIES`` hook that fails on its first attempt after a restore, and a
   ``SECRETS`` hook that derives from it: the retry must run the later phase again, so the
   secret ends up derived from the new identity;
-- a v4 orchestrator, with two watcher processes (this file with ``--worker``).
+- a v4 orchestrator, with two watcher processes (this file with ``--worker NAME``):
+  ``worker-a``, and ``slow-worker``, whose restore hook fails once per restore and is
+  retried after a few seconds: the orchestrator must name it, hook and error;
+- the lifecycle: a pool of real sockets that a before-snapshot hook closes, a resume hook
+  reopens and a restore hook reopens if it finds it closed; a command loop on the
+  virtio-serial control port runs ``sysgenid-async prepare`` or ``resume`` when the host asks.
 
 Serial protocol, one line each: ``READY``, then ``ALIVE <generation>`` every half second,
-and for every generation change one ``REPORT <json>`` once everything has caught up.
+for every generation change one ``REPORT <json>`` once everything has caught up, and
+``PREPARED <json>`` / ``RESUMED <json>`` after a command.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +45,7 @@ from sysgenid_async.restore import (
     generation_bound,
     restore_watcher,
 )
+from sysgenid_async.restore.orchestrator import OrchestrationReport
 from sysgenid_async.restore.reseed import reseed_random
 
 with open("/proc/cmdline") as cmdline:
@@ -53,21 +61,80 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-async def worker() -> None:
+# The slow worker's retry delay: kernel/vm/clones.py reports restore -> ready including it.
+SLOW_WORKER_RETRY_S = 6.0
+
+
+async def worker(name: str) -> None:
     hooks = RestoreHooks()
-    hooks.register(lambda generation: None, name="worker-rebuild")
-    async with restore_watcher(hooks=hooks):
+    failed: set[int] = set()
+    retry = RetryPolicy()
+    if name == "slow-worker":
+        retry = RetryPolicy(initial_delay=SLOW_WORKER_RETRY_S)
+
+        @hooks.register(name="slow-worker-rebuild")
+        def rebuild(generation: int) -> None:
+            if generation not in failed:  # once per restore
+                failed.add(generation)
+                raise OSError("the backend is not reachable yet")
+    else:
+        hooks.register(lambda generation: None, name="worker-rebuild")
+    hooks.before_snapshot(lambda generation: None, name=f"{name}-flush")
+    async with restore_watcher(hooks=hooks, service=name, retry=retry):
         say("ready")
         await anyio.to_thread.run_sync(sys.stdin.read)
 
 
 def start_workers() -> list[subprocess.Popen[str]]:
     """Two more watcher processes on the machine, each with its own restore watcher."""
-    command = [sys.executable, __file__, "--worker"]
-    workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [subprocess.Popen([sys.executable, __file__, "--worker", name], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for name in ("worker-a", "slow-worker")]
     for process in workers:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
     return workers
+
+
+class Pool:
+    """Connections that must not cross a snapshot: real sockets."""
+
+    def __init__(self) -> None:
+        self.connections: list[socket.socket] = []
+        self.open()
+
+    def open(self, generation: int = 0) -> None:
+        if not self.connections:
+            self.connections = [socket.socket() for _ in range(4)]
+
+    def close(self, generation: int = 0) -> None:
+        for connection in self.connections:
+            connection.close()
+        self.connections = []
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.connections)
+
+
+def command_loop(counts: dict[str, int], pool: Pool) -> None:
+    """Run the CLI when the host asks on the control port (no shell in the guest)."""
+    path = os.environ.get("CONTROL_PORT")
+    if not path or not os.path.exists(path):
+        say(f"NO-CONTROL-PORT {path}")
+        return
+    with open(path, "rb") as port:
+        for raw in port:
+            command = raw.decode().strip()
+            if command not in ("prepare", "resume"):
+                continue
+            done = subprocess.run([sys.executable, "-m", "sysgenid_async", command, "--json", "--timeout", "20"],
+                                  capture_output=True, text=True, check=False)
+            processes = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+            answer = "PREPARED" if command == "prepare" else "RESUMED"
+            say(f"{answer} " + json.dumps({
+                "rc": done.returncode, "stderr": done.stderr[-500:],
+                "processes": [{"service": p["service"], "pid": p["pid"], "ok": p["ok"]} for p in processes],
+                "pool_open": pool.is_open, **counts,
+            }))
 
 
 def racing_request(prefix: object, got: dict[int, int]) -> None:
@@ -83,6 +150,27 @@ def racing_request(prefix: object, got: dict[int, int]) -> None:
 async def service() -> None:
     workers = start_workers()  # noqa: F841 - they live as long as this process
     hooks = RestoreHooks()
+    pool = Pool()
+    counts = {"before_runs": 0, "resume_runs": 0, "restores": 0}
+    reopened: dict[int, bool] = {}
+
+    @hooks.before_snapshot(phase=Phase.CONNECTIONS)
+    def close_pool(generation: int) -> None:
+        counts["before_runs"] += 1
+        pool.close()
+
+    @hooks.on_resume(phase=Phase.CONNECTIONS)
+    def reopen_pool(generation: int) -> None:
+        counts["resume_runs"] += 1
+        pool.open()
+
+    @hooks.register(phase=Phase.CONNECTIONS)
+    def renew_pool(generation: int) -> None:
+        counts["restores"] += 1
+        reopened[generation] = not pool.is_open
+        pool.close()  # whatever was open is the snapshot's
+        pool.open()
+
     runs: dict[int, int] = {}
     state = {"identity": "snapshot", "secret": "", "identity_attempts": 0}
     if RESEED:
@@ -107,8 +195,8 @@ async def service() -> None:
 
     seen_by_watch: list[int] = []
     secret()  # built under the generation at boot
-    async with restore_watcher(hooks=hooks, retry=RetryPolicy(initial_delay=0.1)) as watcher, \
-            Orchestrator(timeout=30) as orchestrator, \
+    async with restore_watcher(hooks=hooks, retry=RetryPolicy(initial_delay=0.1), service="clone-service") as watcher, \
+            Orchestrator(timeout=2) as orchestrator, \
             anyio.create_task_group() as tasks:
 
             async def follow() -> None:
@@ -123,14 +211,25 @@ async def service() -> None:
 
             tasks.start_soon(follow)
             tasks.start_soon(heartbeat)
+            threading.Thread(target=command_loop, args=(counts, pool), daemon=True).start()
             say("READY")
             while True:
-                report = await orchestrator.handle_next()
+                report: OrchestrationReport = await orchestrator.handle_next()
+                # The slow worker is late on purpose: after the report, wait for everyone.
+                caught_up = await orchestrator.handle.wait_watchers(60)
                 finished = time.monotonic()
                 say("REPORT " + json.dumps({
                     "generation": report.generation,
                     "orchestrator": report.result.value,
                     "late_watchers": report.late_watchers,
+                    "anonymous_late": report.anonymous_late,
+                    "named_late": [{"service": w.service, "pid": w.pid, "state": w.state,
+                                    "failing_hook": w.failing_hook, "error": w.error}
+                                   for w in report.late_processes],
+                    "caught_up_after": caught_up.value,
+                    "pool_open": pool.is_open,
+                    "pool_reopened_by_restore": reopened.get(report.generation),
+                    **counts,
                     "restarts": report.restarts,
                     "hook_runs": runs.get(report.generation, 0),
                     "watch_saw": report.generation in seen_by_watch,
@@ -147,7 +246,10 @@ async def service() -> None:
 
 
 def main() -> None:
-    anyio.run(worker if sys.argv[1:] == ["--worker"] else service)
+    if sys.argv[1:2] == ["--worker"]:
+        anyio.run(worker, sys.argv[2])
+    else:
+        anyio.run(service)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,14 @@
 4. Reads each clone's REPORT from the serial console, and checks: the generation changed,
    every hook ran once, the orchestrator saw every watcher catch up; across clones the
    ``random`` outputs and the generation-bound secrets differ.
-5. Controls: the reseed hook left out (``random`` then stays identical across clones), a
+5. The lifecycle: before the first snapshot the host asks the guest (over a virtio-serial
+   control port) to run ``sysgenid-async prepare``: every registered process runs its
+   before-snapshot hooks once, and the service's pool closes; after the snapshot the
+   original VM goes on and ``sysgenid-async resume`` reopens it. In every clone a worker
+   named ``slow-worker`` fails its restore hook once: the orchestrator must name it (pid,
+   hook, error), and the host reads the clone's readiness from ``sysgenid-async wait-ready
+   --follow`` on a second virtio-serial port, timing restore to ready.
+6. Controls: the reseed hook left out (``random`` then stays identical across clones), a
    restore that keeps the GUID (no change), and a clone of a clone (a second bump); and the
    module in its v8 personality, cloned once.
 
@@ -54,6 +61,11 @@ STDLIB_LEFT_OUT = {
 # anyio imports ssl, so _ssl (and OpenSSL) stay
 DYNLOAD_LEFT_OUT = re.compile(r"^(_sqlite3|_tkinter|_curses|readline|_dbm|nis|_test|xxlimited|_xx|"
                               r"audioop|ossaudiodev|_ctypes_test|_crypt)")
+# Ports of the guest's virtio-serial device, by name (the guest finds them in /sys/class/virtio-ports).
+READY_PORT = "org.sysgenid-async.ready"
+CONTROL_PORT = "org.sysgenid-async.control"
+# Kernel modules for virtio-serial; whichever the kernel builds in are left out.
+VIRTIO_SERIAL_MODULES = ["virtio_pci", "virtio_console"]
 # The library's dependencies and theirs, as far as Python 3.11 needs them (older anyio
 # releases also need sniffio); whichever of these the environment has is copied.
 SITE_PACKAGES = ["anyio", "sniffio", "idna", "typing_extensions.py"]
@@ -103,11 +115,42 @@ def site_packages() -> Path:
     return Path(sys.modules["anyio"].__file__ or "").resolve().parent.parent
 
 
-def build_image(module: Path, work: Path) -> Path:
+def copy_virtio_serial_modules(kernel: suites.Kernel, root: Path) -> None:
+    """Copy the modules virtio-serial needs, uncompressed, in load order (root/modules/order)."""
+    target = root / "modules"
+    target.mkdir()
+    order: list[str] = []
+    for name in VIRTIO_SERIAL_MODULES:
+        shown = subprocess.run(["modprobe", "-d", str(kernel.modules_base), "-S", kernel.release, "--show-depends",
+                                name], capture_output=True, text=True, check=False)
+        if shown.returncode != 0:
+            log(f"{name} is no module of {kernel.release}: taken as built in")
+            continue
+        for line in shown.stdout.splitlines():
+            parts = line.split()
+            if len(parts) < 2 or parts[0] != "insmod":
+                continue
+            source = Path(parts[1])
+            data = source.read_bytes()
+            if source.suffix == ".xz":
+                import lzma
+
+                data = lzma.decompress(data)
+            elif source.suffix == ".zst":
+                data = subprocess.run(["zstd", "-qdc", str(source)], capture_output=True, check=True).stdout
+            stem = source.name.split(".ko")[0] + ".ko"
+            if stem not in order:
+                (target / stem).write_bytes(data)
+                order.append(stem)
+    (target / "order").write_text("".join(f"{m}\n" for m in order))
+
+
+def build_image(kernel: suites.Kernel, module: Path, work: Path) -> Path:
     root = work / "rootfs"
     shutil.rmtree(root, ignore_errors=True)
-    for directory in ("bin", "usr/bin", "site", "proc", "sys", "dev", "tmp", "root"):
+    for directory in ("bin", "usr/bin", "site", "proc", "sys", "dev", "tmp", "root", "run"):
         (root / directory).mkdir(parents=True, exist_ok=True)
+    copy_virtio_serial_modules(kernel, root)
     shutil.copy("/bin/busybox", root / "bin/busybox")
     shutil.copy(PYTHON, root / "usr/bin/python3.11")
     stdlib = Path("/usr/lib/python3.11")
@@ -179,8 +222,40 @@ class Qmp:
             self.sock.close()
 
 
+class Port:
+    """The host's end of a virtio-serial port: a unix socket QEMU listens on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        self.sock = socket.socket(socket.AF_UNIX)
+        for _ in range(500):
+            try:
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                time.sleep(0.02)
+        else:
+            raise RuntimeError(f"{path}: QEMU's chardev socket never came up")
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError), self.sock.makefile("rb") as stream:
+            for raw in stream:
+                self.lines.put((time.monotonic(), raw.decode(errors="replace").rstrip("\n")))
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\n")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
 class Vm:
-    """One QEMU process: its serial lines, its QMP, killed by PID when done."""
+    """One QEMU process: its serial lines, its QMP, its two virtio-serial ports (readiness
+    from the guest, commands to it), killed by PID when done."""
 
     def __init__(self, name: str, kernel: suites.Kernel, image: Path, work: Path, *, guid: str = "auto",
                  incoming: Path | None = None, append: str = "") -> None:
@@ -189,6 +264,9 @@ class Vm:
         self.log = (work / f"{name}.serial").open("w")
         qmp = work / f"{name}.qmp"
         qmp.unlink(missing_ok=True)
+        sockets = {port: work / f"{name}.{port.rsplit('.', 1)[1]}.sock" for port in (READY_PORT, CONTROL_PORT)}
+        for path in sockets.values():
+            path.unlink(missing_ok=True)
         command = [
             "qemu-system-x86_64", "-no-user-config", "-nodefaults", "-display", "none", "-no-reboot",
             "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512",
@@ -196,7 +274,11 @@ class Vm:
             "-append", f"console=ttyS0 quiet panic=-1 {append}".strip(),
             "-serial", "stdio", "-device", f"vmgenid,guid={guid}",
             "-qmp", f"unix:{qmp},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=vser",
         ]
+        for index, (port, path) in enumerate(sockets.items()):
+            command += ["-chardev", f"socket,id=port{index},path={path},server=on,wait=off",
+                        "-device", f"virtserialport,bus=vser.0,nr={index + 1},chardev=port{index},name={port}"]
         if incoming is not None:
             command += ["-incoming", f"exec:cat {incoming}"]
         (work / f"{name}.cmdline").write_text(" ".join(command) + "\n")
@@ -204,6 +286,8 @@ class Vm:
                                          stderr=subprocess.STDOUT, start_new_session=True)
         threading.Thread(target=self._read_serial, daemon=True).start()
         self.qmp = Qmp(qmp)
+        self.ready = Port(sockets[READY_PORT])
+        self.control = Port(sockets[CONTROL_PORT])
 
     def _read_serial(self) -> None:
         assert self.process.stdout is not None
@@ -228,6 +312,27 @@ class Vm:
             if re.search(pattern, line):
                 return stamp, line
 
+    def wait_ready(self, generation: int, timeout: float) -> tuple[float, dict[str, Any]]:
+        """The guest's readiness line for ``generation``, from the ready port (no shell)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: no readiness for generation {generation} within {timeout} s")
+            try:
+                stamp, line = self.ready.lines.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                continue
+            record: dict[str, Any] = json.loads(line)
+            if record.get("generation") == generation and record.get("ready"):
+                return stamp, record
+
+    def command(self, line: str, answer: str, timeout: float) -> dict[str, Any]:
+        """Send a command on the control port; the JSON of the serial line ``<answer> {...}``."""
+        self.control.send(line)
+        _, reply = self.wait_for(rf"^{answer} ", timeout)
+        return report_of(reply)
+
     def snapshot(self, path: Path) -> None:
         self.qmp.run("stop")
         self.qmp.run("migrate-set-parameters", **{"max-bandwidth": 2**40})
@@ -247,6 +352,8 @@ class Vm:
         with contextlib.suppress(Exception):
             self.qmp.run("quit")
         self.qmp.close()
+        self.ready.close()
+        self.control.close()
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
@@ -285,12 +392,18 @@ def restore(name: str, kernel: suites.Kernel, image: Path, work: Path, snapshot:
         result = report_of(line)
         result["name"] = name
         result["cont_to_report_ms"] = round((stamp - started) * 1000, 1)
+        ready_stamp, ready = clone.wait_ready(result["generation"], 60)
+        result["ready_record"] = ready
+        result["cont_to_ready_ms"] = round((ready_stamp - started) * 1000, 1)
         if snapshot_after is not None:
             clone.snapshot(snapshot_after)
         return result
 
 
-def boot_and_snapshot(name: str, kernel: suites.Kernel, image: Path, work: Path, append: str = "") -> tuple[Path, str]:
+def boot_and_snapshot(name: str, kernel: suites.Kernel, image: Path, work: Path, append: str = "", *,
+                      lifecycle: dict[str, Any] | None = None) -> tuple[Path, str]:
+    """Boot, snapshot. With ``lifecycle`` (a dict to fill): ``prepare`` before the snapshot,
+    then the original VM goes on and ``resume`` runs; what the guest said goes in the dict."""
     snapshot = work / f"{name}.snapshot"
     with vm(name, kernel, image, work, append=append) as source:
         _, backend = source.wait_for(r"CLONE-INIT: backend", 120)
@@ -298,10 +411,35 @@ def boot_and_snapshot(name: str, kernel: suites.Kernel, image: Path, work: Path,
             sys.exit(f"[clones] the module is not following the VM generation: {backend}")
         source.wait_for(r"^READY$", 300)
         source.wait_for(r"^ALIVE 0$", 60)
+        source.wait_ready(0, 120)  # every watcher registered and caught up (from the host)
         guid = source.qmp.run("query-vm-generation-id")["guid"]
+        if lifecycle is not None:
+            lifecycle["prepare"] = source.command("prepare", "PREPARED", 120)
         source.snapshot(snapshot)
+        if lifecycle is not None:
+            source.qmp.run("cont")  # no restore follows here: the original VM goes on
+            lifecycle["resume"] = source.command("resume", "RESUMED", 120)
     log(f"{name}: snapshot {snapshot.stat().st_size / 2**20:.0f} MiB, GUID {guid}")
     return snapshot, guid
+
+
+# The guest's slow worker fails its restore hook once per restore and retries after this long.
+SLOW_WORKER_RETRY_S = 6.0
+
+
+def check_restore(run: dict[str, Any], check: Any, *, v4: bool) -> None:
+    """The orchestrator named the slow worker, with its hook and error; all caught up later;
+    and the host read the clone's readiness for the new generation over virtio-serial."""
+    name = run["name"]
+    slow = [w for w in run["named_late"] if w["service"] == "slow-worker"]
+    check(run["orchestrator"] == "timed-out" and len(slow) == 1
+          and slow[0]["failing_hook"] == "slow-worker-rebuild" and "not reachable" in (slow[0]["error"] or ""),
+          f"{name}: the orchestrator did not name the slow worker: {run['orchestrator']}, {run['named_late']}")
+    check((run["anonymous_late"] is not None) == v4 and (run["late_watchers"] is not None) == v4,
+          f"{name}: late count {run['late_watchers']}, anonymous {run['anonymous_late']} (v4: {v4})")
+    check(run["caught_up_after"] == "caught-up", f"{name}: watchers never caught up: {run['caught_up_after']}")
+    ready = run["ready_record"]
+    check(ready["ready"] and ready["watchers"] == 3 and not ready["late"], f"{name}: readiness {ready}")
 
 
 def main() -> int:
@@ -319,7 +457,7 @@ def main() -> int:
     work = PROJECT / "build" / ("clones" if args.kernel == suites.HOST else f"clones-{args.kernel}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    image = build_image(build_module(kernel, work), work)
+    image = build_image(kernel, build_module(kernel, work), work)
 
     failures: list[str] = []
 
@@ -328,7 +466,18 @@ def main() -> int:
             failures.append(message)
             log(f"FAIL: {message}")
 
-    snapshot, guid = boot_and_snapshot("source", kernel, image, work)
+    lifecycle: dict[str, Any] = {}
+    snapshot, guid = boot_and_snapshot("source", kernel, image, work, lifecycle=lifecycle)
+    prepared, resumed = lifecycle["prepare"], lifecycle["resume"]
+    services = sorted(p["service"] for p in prepared["processes"])
+    check(prepared["rc"] == 0 and services == ["clone-service", "slow-worker", "worker-a"]
+          and all(p["ok"] for p in prepared["processes"]),
+          f"prepare: exit {prepared['rc']}, processes {prepared['processes']}, stderr {prepared['stderr']!r}")
+    check(prepared["before_runs"] == 1 and not prepared["pool_open"],
+          f"prepare: before-snapshot hooks ran {prepared['before_runs']} times, pool open {prepared['pool_open']}")
+    check(resumed["rc"] == 0 and resumed["resume_runs"] == 1 and resumed["pool_open"]
+          and resumed["before_runs"] == 1 and resumed["restores"] == 0,
+          f"resume of the original VM: {resumed}")
     clones = [
         restore(f"clone-{i}", kernel, image, work, snapshot,
                 snapshot_after=work / "clone-1.snapshot" if i == 1 else None)
@@ -338,8 +487,12 @@ def main() -> int:
         name = clone["name"]
         check(clone["generation"] == 1, f"{name}: generation {clone['generation']}, expected 1")
         check(clone["hook_runs"] == 1, f"{name}: the hooks ran {clone['hook_runs']} times")
-        check(clone["orchestrator"] == "caught-up" and clone["late_watchers"] == 0,
-              f"{name}: the orchestrator saw {clone['orchestrator']}, {clone['late_watchers']} late")
+        check_restore(clone, check, v4=True)
+        check(clone["before_runs"] == 1 and clone["resume_runs"] == 0 and clone["pool_open"]
+              and clone["pool_reopened_by_restore"],
+              f"{name}: the snapshot's closed pool: before-snapshot runs {clone['before_runs']}, resume runs "
+              f"{clone['resume_runs']}, open {clone['pool_open']}, reopened by the restore hook "
+              f"{clone['pool_reopened_by_restore']}")
         check(clone["watch_saw"] and clone["acknowledged"], f"{name}: watch() or the restore watcher missed it")
         check(clone["racing_prefix"] is not None and clone["racing_prefix"] == clone["prefix"],
               f"{name}: the request at resume got {clone['racing_prefix']}, the value is {clone['prefix']}")
@@ -368,25 +521,34 @@ def main() -> int:
     v8_snapshot, _ = boot_and_snapshot("v8", kernel, image, work, append="sgabi=8")
     v8 = restore("v8-clone", kernel, image, work, v8_snapshot)
     check(v8["generation"] == 1 and v8["hook_runs"] == 1, f"v8: generation {v8['generation']}, hooks {v8['hook_runs']}")
-    check(v8["orchestrator"] == "caught-up" and v8["late_watchers"] is None, f"v8: orchestrator {v8['orchestrator']}")
+    check_restore(v8, check, v4=False)
+    for run in (grandchild, *controls):
+        check_restore(run, check, v4=True)
 
     latencies = sorted(c["cont_to_report_ms"] for c in [*clones, grandchild, *controls, v8])
-    results = {"kernel": kernel.release, "clones": clones, "clone_of_clone": grandchild, "same_guid": same,
-               "noreseed": controls, "v8": v8, "cont_to_report_ms": latencies, "failures": failures,
+    ready_latencies = sorted(c["cont_to_ready_ms"] for c in [*clones, grandchild, *controls, v8])
+    results = {"kernel": kernel.release, "lifecycle": lifecycle, "clones": clones, "clone_of_clone": grandchild,
+               "same_guid": same, "noreseed": controls, "v8": v8, "cont_to_report_ms": latencies,
+               "cont_to_ready_ms": ready_latencies, "failures": failures,
                "seconds": round(time.monotonic() - started, 1)}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for leftover in work.glob("*.snapshot"):  # about 200 MiB each
         leftover.unlink()
 
-    header = f"{'run':<12} {'gen':>4} {'hooks':>5} {'orchestrator':<12} {'random':>11} {'secret':<17}"
-    print(f"\n{header} {'racing prefix':>20} {'cont->report':>12}")
+    header = f"{'run':<12} {'gen':>4} {'hooks':>5} {'named late':<24} {'random':>11} {'secret':<17}"
+    print(f"\n{header} {'racing prefix':>20} {'cont->report':>12} {'cont->ready':>12}")
     for row in [*clones, grandchild, *controls, v8]:
-        print(f"{row['name']:<12} {row['generation']:>4} {row['hook_runs']:>5} {row['orchestrator']:<12} "
+        named = ",".join(f"{w['service']}:{w['failing_hook']}" for w in row["named_late"]) or "-"
+        print(f"{row['name']:<12} {row['generation']:>4} {row['hook_runs']:>5} {named[:24]:<24} "
               f"{row['random']:>11} {row['secret']:<17} {row['racing_prefix']!s:>20} "
-              f"{row['cont_to_report_ms']:>9.1f} ms")
+              f"{row['cont_to_report_ms']:>9.1f} ms {row['cont_to_ready_ms']:>9.1f} ms")
+    print(f"lifecycle: prepare exit {prepared['rc']} ({len(prepared['processes'])} processes confirmed), "
+          f"pool closed; resume exit {resumed['rc']}, pool reopened")
     print(f"same-guid    no change: generations seen {same['generations']}, reports {len(same['reports'])}")
     print(f"latency from cont to every hook and watcher done: min {latencies[0]} ms, max {latencies[-1]} ms "
           "(host clock, TCG)")
+    print(f"restore -> ready, read by the host on the virtio-serial port: min {ready_latencies[0]} ms, "
+          f"max {ready_latencies[-1]} ms (includes the slow worker's {SLOW_WORKER_RETRY_S} s retry)")
     log(f"{'FAILED: ' + '; '.join(failures) if failures else 'clones diverged as they must'} "
         f"({results['seconds']} s); results in {work / 'results.json'}")
     return 1 if failures else 0

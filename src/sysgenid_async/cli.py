@@ -323,31 +323,37 @@ def _lifecycle(options: argparse.Namespace) -> int:
 
 
 def _wait_ready(options: argparse.Namespace) -> int:
-    from .restore.readiness import Readiness, open_channel, readiness, write_record
+    from .restore.readiness import open_channel, readiness, write_record
 
+    def generation() -> int:
+        # A file per look, closed at once: on v4 every open file is a watcher, and one kept
+        # open here would fall behind at the next change and hold every orchestrator back.
+        with Device.open(options.device, abi=options.abi, watcher=False) as device:
+            return device.generation
+
+    generation()  # a missing device or a bad --abi fails before the channel is opened
     channel = open_channel(options.channel) if options.channel else None
     deadline = Deadline(None if options.follow else options.timeout)
     reported: int | None = None
     registry: Registry | None = None
     try:
-        with Device.open(options.device, abi=options.abi, watcher=False) as device:
-            while True:
-                registry = registry or _open_registry(options)  # none yet: no watcher to wait for
-                state = readiness(registry, device) if registry else Readiness(device.generation, [], [])
-                if state.ready and state.generation != reported:
-                    record = state.record()
-                    _emit(options, record, f"generation {state.generation}: ready ({len(state.watchers)} watchers)")
-                    if channel is not None:
-                        write_record(channel, record)
-                    reported = state.generation
-                    if not options.follow:
-                        return EXIT_OK
-                if deadline.expired():
-                    names = ", ".join(f"{e.service} (pid {e.pid}, {e.state})" for e in state.late)
-                    print(f"sysgenid-async: wait-ready: timed out at generation {state.generation}; late: {names}",
-                          file=sys.stderr)
-                    return EXIT_TIMED_OUT
-                time.sleep(READY_POLL_SECONDS)
+        while True:
+            registry = registry or _open_registry(options)  # none yet: no watcher to wait for
+            state = readiness(registry, generation())
+            if state.ready and state.generation != reported:
+                record = state.record()
+                _emit(options, record, f"generation {state.generation}: ready ({len(state.watchers)} watchers)")
+                if channel is not None:
+                    write_record(channel, record)
+                reported = state.generation
+                if not options.follow:
+                    return EXIT_OK
+            if deadline.expired():
+                names = ", ".join(f"{e.service} (pid {e.pid}, {e.state})" for e in state.late)
+                print(f"sysgenid-async: wait-ready: timed out at generation {state.generation}; late: {names}",
+                      file=sys.stderr)
+                return EXIT_TIMED_OUT
+            time.sleep(READY_POLL_SECONDS)
     finally:
         if channel is not None:
             channel.close()

@@ -22,7 +22,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..device import Device
 from ..errors import SysGenIDError
 from .registry import Registry, WatcherEntry, WatcherState
 
@@ -80,10 +79,9 @@ class Readiness:
         }
 
 
-def readiness(registry: Registry, device: Device) -> Readiness:
-    """Compare every live entry with ``device``'s generation (the device is the truth)."""
-    generation = device.generation
-    watchers = registry.entries()
+def readiness(registry: Registry | None, generation: int) -> Readiness:
+    """Compare every live entry with the device's ``generation`` (the device is the truth)."""
+    watchers = registry.entries() if registry is not None else []
     late = [e for e in watchers if e.late_for(generation) or e.state != WatcherState.READY]
     return Readiness(generation, watchers, late)
 

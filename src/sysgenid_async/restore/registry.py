@@ -31,6 +31,7 @@ from ..errors import SysGenIDError
 
 __all__ = [
     "ENTRY_LIMIT",
+    "RUNTIME_DIR_VARIABLE",
     "Registry",
     "RegistryError",
     "RegistryPermissionError",
@@ -43,7 +44,8 @@ __all__ = [
 
 #: The largest entry file read; a bigger one is not ours.
 ENTRY_LIMIT = 64 * 1024
-_ENV = "SYSGENID_ASYNC_RUNTIME_DIR"
+#: The environment variable that names the registry directory.
+RUNTIME_DIR_VARIABLE = "SYSGENID_ASYNC_RUNTIME_DIR"
 
 
 class RegistryError(SysGenIDError):
@@ -135,14 +137,14 @@ def runtime_dir(path: str | os.PathLike[str] | None = None) -> Path:
     ``/run/sysgenid-async`` or the user's ``$XDG_RUNTIME_DIR/sysgenid-async``."""
     if path is not None and os.fspath(path) == "":
         raise RegistryError("the runtime directory path is empty")
-    chosen = path if path is not None else os.environ.get(_ENV) or None
+    chosen = path if path is not None else os.environ.get(RUNTIME_DIR_VARIABLE) or None
     if chosen is not None:
         return Path(chosen)
     if os.geteuid() == 0:
         return Path("/run/sysgenid-async")
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if not xdg:
-        raise RegistryError(f"no runtime directory: XDG_RUNTIME_DIR is not set (set it, or {_ENV})")
+        raise RegistryError(f"no runtime directory: XDG_RUNTIME_DIR is not set (set it, or {RUNTIME_DIR_VARIABLE})")
     return Path(xdg) / "sysgenid-async"
 
 

@@ -52,7 +52,7 @@ from ..device import AbiChoice
 from .gate import HookRun
 from .hooks import RestoreHooks, RestoreHooksError, restore_hooks
 from .lifecycle import ProcessLifecycle
-from .registry import Registry, service_name
+from .registry import RUNTIME_DIR_VARIABLE, Registry, RegistryError, RegistryPermissionError, service_name
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
     from exceptiongroup import BaseExceptionGroup
@@ -209,9 +209,22 @@ class RestoreWatcher:
     def _start_lifecycle(self, handle: AsyncSysGenID) -> ProcessLifecycle:
         """The registry is checked here, before any task starts: a bad directory raises plainly."""
         if self.lifecycle is None:
-            registry = Registry(self.runtime_dir, create=True) if self.announce else None
+            registry = self._registry() if self.announce else None
             self.lifecycle = ProcessLifecycle(self.hooks, registry, self.service, lambda: handle.generation)
         return self.lifecycle
+
+    def _registry(self) -> Registry | None:
+        try:
+            return Registry(self.runtime_dir, create=True)
+        except RegistryPermissionError:
+            raise  # a directory others can write to is never used, nor silently passed over
+        except RegistryError as exc:
+            if self.runtime_dir is not None or os.environ.get(RUNTIME_DIR_VARIABLE):
+                raise  # asked for by name: it must work
+            # The default place is missing (no XDG_RUNTIME_DIR, no /run): restores are still
+            # handled; only prepare and the naming of late watchers miss this process.
+            logger.warning("restore watcher not announced in the watcher registry: %s", exc)
+            return None
 
     def _attach(self, handle: AsyncSysGenID) -> None:
         if not self._attached:
