@@ -324,6 +324,31 @@ async def test_a_restore_after_prepare_counts_as_the_resume(backend: Backend, ru
 
 
 @pytest.mark.anyio
+async def test_a_restore_during_prepare_fails_the_prepare_and_the_restore_hooks_run_after_it(
+    backend: Backend, runtime: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hooks = RestoreHooks()
+    events: list[str] = []
+    bumped: list[int] = []
+
+    @hooks.before_snapshot
+    async def flush(generation: int) -> None:
+        events.append("before-snapshot started")
+        bumped.append(backend.bump())  # the snapshot was taken here, and this is a clone
+        await anyio.sleep(0.2)  # the watcher wakes meanwhile, and must wait for this pass
+        events.append("before-snapshot done")
+
+    hooks.register(lambda generation: events.append(f"restore {generation}"), name="restore")
+    async with restore_watcher(backend.path, hooks=hooks, runtime_dir=runtime) as watcher:
+        assert await run_cli("--runtime-dir", runtime, "prepare") == EXIT_LIFECYCLE_FAILED
+        await until(lambda: watcher.acknowledged == bumped[0])
+        assert own_entry(runtime).state == WatcherState.READY
+        assert await run_cli("--runtime-dir", runtime, "resume") == EXIT_LIFECYCLE_FAILED  # nothing to resume
+    assert "a restore happened during prepare" in capsys.readouterr().err
+    assert events == ["before-snapshot started", "before-snapshot done", f"restore {bumped[0]}"]
+
+
+@pytest.mark.anyio
 async def test_prepare_reports_the_failing_hooks_of_each_process(
     backend: Backend, runtime: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

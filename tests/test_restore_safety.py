@@ -26,13 +26,16 @@ from sysgenid_async.errors import SimulatorProcessError
 from sysgenid_async.restore import (
     AsyncGenerationBound,
     GenerationBound,
+    HookKind,
     Phase,
     RestoreHooks,
     RestorePendingError,
     RestoreWatcherRunningError,
     RetryPolicy,
     generation_bound,
+    on_before_snapshot,
     on_restore,
+    on_resume,
     restore_hooks,
     restore_watcher,
     restored,
@@ -283,11 +286,19 @@ def test_isolated_state_puts_the_registries_back() -> None:
         pass
 
     restore_hooks.register(mine)
+    on_before_snapshot(mine)
+    runtime_dir = os.environ.get("SYSGENID_ASYNC_RUNTIME_DIR")
     try:
         with isolated_state():
-            assert len(restore_hooks) == 0
+            assert len(restore_hooks) == 0 and restore_hooks.lifecycle_hooks(HookKind.BEFORE_SNAPSHOT) == []
             on_restore(print)
+            on_resume(print)
+            inside = os.environ["SYSGENID_ASYNC_RUNTIME_DIR"]
+            assert inside != runtime_dir and os.path.isdir(inside)  # a test never announces machine-wide
         assert [h.function for h in restore_hooks.hooks] == [mine]
+        assert [h.function for h in restore_hooks.lifecycle_hooks(HookKind.BEFORE_SNAPSHOT)] == [mine]
+        assert restore_hooks.lifecycle_hooks(HookKind.RESUME) == []
+        assert os.environ.get("SYSGENID_ASYNC_RUNTIME_DIR") == runtime_dir and not os.path.exists(inside)
     finally:
         restore_hooks.unregister(mine)
 

@@ -388,10 +388,13 @@ class RestoreHooks:
             errors.append(hook._failed(generation, TimeoutError(f"the {kind.value} pass ran out of time"), kind))
         return errors
 
-    def replace_hooks(self, hooks: list[RestoreHook]) -> list[RestoreHook]:
-        """Put ``hooks`` in place of the registered ones; returns those (test isolation)."""
+    def replace_hooks(self, hooks: list[RestoreHook], kind: HookKind = HookKind.RESTORE) -> list[RestoreHook]:
+        """Put ``hooks`` in place of the registered ones of ``kind``; returns those (test isolation)."""
         with self._lock:
-            previous, self._hooks = self._hooks, list(hooks)
+            if kind is HookKind.RESTORE:
+                previous, self._hooks = self._hooks, list(hooks)
+            else:
+                previous, self._lifecycle[kind] = self._lifecycle[kind], list(hooks)
         return previous
 
     @property
