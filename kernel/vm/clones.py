@@ -538,7 +538,7 @@ def main() -> int:
     header = f"{'run':<12} {'gen':>4} {'hooks':>5} {'named late':<24} {'random':>11} {'secret':<17}"
     print(f"\n{header} {'racing prefix':>20} {'cont->report':>12} {'cont->ready':>12}")
     for row in [*clones, grandchild, *controls, v8]:
-        named = ",".join(f"{w['service']}:{w['failing_hook']}" for w in row["named_late"]) or "-"
+        named = ",".join(w["service"] for w in row["named_late"]) or "-"
         print(f"{row['name']:<12} {row['generation']:>4} {row['hook_runs']:>5} {named[:24]:<24} "
               f"{row['random']:>11} {row['secret']:<17} {row['racing_prefix']!s:>20} "
               f"{row['cont_to_report_ms']:>9.1f} ms {row['cont_to_ready_ms']:>9.1f} ms")
