@@ -22,7 +22,6 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +100,8 @@ class WatcherEntry:
         return entry_name(self.pid, self.instance)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        # Not dataclasses.asdict: it deep-copies, and an entry is written twice per restore.
+        return json.dumps({f.name: getattr(self, f.name) for f in _FIELDS}, sort_keys=True)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object]) -> WatcherEntry:
@@ -126,6 +126,9 @@ class WatcherEntry:
     def late_for(self, generation: int) -> bool:
         """Whether this process has not yet acknowledged ``generation``."""
         return self.acknowledged != generation
+
+
+_FIELDS = dataclasses.fields(WatcherEntry)
 
 
 def entry_name(pid: int, instance: int = 0) -> str:
@@ -211,11 +214,16 @@ class Registry:
         return self.path / f"{entry_name(pid, instance)}.sock"
 
     def announce(self, entry: WatcherEntry) -> None:
-        """Write ``entry`` atomically (readers never see half of one)."""
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{entry.pid}.", dir=self.path)
+        """Write ``entry`` atomically (readers never see half of one): a temporary file of
+        its own (only this watcher writes it), renamed over the entry."""
+        temporary = self.path / f".{entry.name}.tmp"
         try:
-            with os.fdopen(descriptor, "w") as f:
-                f.write(entry.to_json())
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                                 0o600)
+            try:
+                os.write(descriptor, entry.to_json().encode())
+            finally:
+                os.close(descriptor)
             os.replace(temporary, self.entry_path(entry.pid, entry.instance))
         except BaseException:
             with contextlib.suppress(OSError):
