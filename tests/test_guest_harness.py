@@ -341,7 +341,7 @@ def test_the_table_says_what_ran_where(matrix: ModuleType, tmp_path: Path) -> No
         in text
     assert "| 1,200 passed, 7 expected failures (quirks), 2 skipped | installed, signed (dkms-3.2.2) | pass |" in text
     assert "conformance (conformance, model)" in text and "| 10 passed, 2 failed |  | FAIL (1) |" in text
-    assert "| `7.2.13+deb14-amd64` | Debian sid | the clone test: 2 clones" in text
+    assert "| `7.2.13+deb14-amd64` | Debian sid | the clone and lifecycle test: prepare and resume, 2 clones" in text
 
 
 def test_the_table_goes_between_the_markers(matrix: ModuleType, tmp_path: Path) -> None:

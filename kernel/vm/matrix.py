@@ -82,7 +82,8 @@ def rows(build: Path) -> list[list[str]]:
         clones = len(results.get("clones", []))
         result = "pass" if not results.get("failures") else "FAIL: " + "; ".join(results["failures"])
         found.append([f"`{results['kernel']}`", SUITE_NAMES.get(suite, suite),
-                      f"the clone test: {clones} clones, a clone of a clone, controls, v8", "3.11 (Debian 12)",
+                      f"the clone and lifecycle test: prepare and resume, {clones} clones, a clone of a clone, "
+                      "controls, v8", "3.11 (Debian 12)",
                       "", _dkms(build, results["kernel"]), result])
     return found
 
