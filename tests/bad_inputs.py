@@ -37,10 +37,12 @@ from sysgenid_async.restore import (
     GenerationBound,
     Orchestrator,
     RestoreHooks,
+    RestoreWatcher,
     RetryPolicy,
     generation_bound,
 )
 from sysgenid_async.restore.gate import restored
+from sysgenid_async.restore.registry import Registry, RegistryError, RegistryPermissionError
 from sysgenid_async.uapi import Abi
 
 
@@ -126,6 +128,7 @@ def _opens(entry: str, open_: Callable[..., object], name: str) -> list[Case]:
         Case(entry, "the other ABI forced", lambda c: open_(c.path, abi=c.other_abi), AbiMismatchError),
         Case(entry, "abi='v5'", lambda c: open_(c.path, abi="v5"), ValueError),
         Case(entry, "a path that is an int", lambda c: open_(123), TypeError),
+        Case(entry, "an empty path", lambda c: open_(""), ValueError),
     ]
 
 
@@ -182,7 +185,20 @@ CASES: list[Case] = [
     Case("RetryPolicy(...)", "initial_delay=0", lambda c: RetryPolicy(initial_delay=0), ValueError),
     Case("RetryPolicy(...)", "factor=0.5", lambda c: RetryPolicy(factor=0.5), ValueError),
     Case("RetryPolicy(...)", "max_attempts=-1", lambda c: RetryPolicy(max_attempts=-1), ValueError),
-    Case("RetryPolicy(...)", "max_attempts=1.5", lambda c: RetryPolicy(max_attempts=1.5), ValueError),  # type: ignore[arg-type]
+    Case("RetryPolicy(...)", "max_attempts=1.5", lambda c: RetryPolicy(max_attempts=1.5), TypeError),  # type: ignore[arg-type]
+    Case("RetryPolicy(...)", "initial_delay='1' (a str)", lambda c: RetryPolicy(initial_delay="1"), TypeError),  # type: ignore[arg-type]
+    Case("RetryPolicy(...)", "max_delay=nan", lambda c: RetryPolicy(max_delay=math.nan), ValueError),
+    Case("RestoreWatcher(path, service=...)", "an empty name", lambda c: RestoreWatcher(c.path, service=""),
+         ValueError),
+    Case("RestoreWatcher(path, service=...)", "a name with a newline", lambda c: RestoreWatcher(c.path, service="a\nb"),
+         ValueError),
+    Case("@on_before_snapshot / @on_resume", "42 (not callable)", lambda c: RestoreHooks().before_snapshot(42),  # type: ignore[call-overload]
+         TypeError),
+    Case("@on_before_snapshot / @on_resume", "a function of no argument",
+         lambda c: RestoreHooks().on_resume(_no_argument), TypeError),  # type: ignore[type-var]
+    Case("Registry(path)", "an empty path", lambda c: Registry(""), RegistryError),
+    Case("Registry(path)", "a directory open to others (0755)", lambda c: Registry(c.directory),
+         RegistryPermissionError),
     Case("Orchestrator(timeout=...)", "-1", lambda c: Orchestrator(timeout=-1), ValueError),
     Case("sysgenid-async status", "--device a regular file", _cli("--device", "{file}", "status"), 1),
     Case("sysgenid-async status", "--device /dev/null", _cli("--device", "/dev/null", "status"), 1),
@@ -205,6 +221,16 @@ CASES: list[Case] = [
     Case("sysgenid-async watch", "--retry-delay 0", _cli("--device", "{path}", "watch", "--retry-delay", "0"), 2),
     Case("sysgenid-async watch", "--max-attempts -1", _cli("--device", "{path}", "watch", "--max-attempts", "-1"), 2),
     Case("sysgenid-async", "an unknown command", _cli("--device", "{path}", "frobnicate"), 2),
+    Case("sysgenid-async selftest", "--abi forced to the other ABI",
+         _cli("selftest", "--device", "{path}", "--abi", "{other_abi}"), 1),
+    Case("sysgenid-async prepare", "--timeout 0", _cli("prepare", "--timeout", "0"), 2),
+    Case("sysgenid-async prepare", "--runtime-dir open to others (0755)",
+         _cli("prepare", "--runtime-dir", "{directory}"), 5),
+    Case("sysgenid-async wait-ready", "--channel vsock:x:1", _cli("wait-ready", "--device", "{path}", "--channel",
+                                                                  "vsock:x:1"), 1),
+    Case("sysgenid-async wait-ready", "--channel in a missing directory",
+         _cli("wait-ready", "--device", "{path}", "--channel", "{missing}/port"), 1),
+    Case("sysgenid-async watch", "--exec-timeout 0", _cli("watch", "--device", "{path}", "--exec-timeout", "0"), 2),
 ]
 
 

@@ -52,6 +52,7 @@ def context(backend: Backend) -> Iterator[Context]:
     base.chmod(0o755)  # nobody may look inside, not open the forbidden file
     (base / "file").write_text("not a device\n")
     (base / "dir").mkdir()
+    (base / "dir").chmod(0o755)  # also a registry directory open to others
     forbidden = base / "forbidden"
     forbidden.write_text("")
     forbidden.chmod(0o600)

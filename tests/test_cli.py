@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -13,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from backends import Backend
-from sysgenid_async import __version__
-from sysgenid_async.cli import EXIT_CODES, cli
+from sysgenid_async import Abi, StaleGenerationError, __version__
+from sysgenid_async.cli import _COMMANDS, EXIT_CODES, _build_parser, cli
 from sysgenid_async.device import Device
 from sysgenid_async.testing import Quirk
 
@@ -69,9 +71,89 @@ def test_wait_watchers(backend: Backend, capsys: pytest.CaptureFixture[str]) -> 
     with Device.open(backend.path) as laggard:
         new = backend.bump()
         assert cli("--device", backend.path, "wait-watchers", "--timeout", "0.1") == 3
-        assert "still outdated" in capsys.readouterr().err
+        count = "1 watchers" if backend.abi is Abi.V4 else "watchers (v8 keeps no count)"
+        assert capsys.readouterr().err.startswith(
+            f"sysgenid-async: wait-watchers: timed out at generation {new} with {count} still outdated")
+        assert cli("wait-watchers", "--device", backend.path, "--timeout", "0.1", "--json") == 3
+        record = json.loads(capsys.readouterr().out)
+        assert record == {"result": "timed-out", "generation": new,
+                          "outdated_watchers": 1 if backend.abi is Abi.V4 else None}
         laggard.ack(new)
     assert cli("--device", backend.path, "wait-watchers", "--timeout", "5") == 0
+
+
+# The conventions every command follows, as a table.
+COMMANDS = ["status", "watch", "trigger", "wait-watchers", "selftest", "prepare", "resume", "wait-ready", "demo"]
+
+
+def test_the_table_lists_every_command() -> None:
+    assert sorted(COMMANDS) == sorted(_COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_global_options_go_before_or_after_the_command_and_every_command_has_json(command: str) -> None:
+    parser = _build_parser()
+    after = parser.parse_args([command, "--device", "D", "--abi", "v8", "--runtime-dir", "R", "--json"])
+    before = parser.parse_args(["--device", "D", "--abi", "v8", "--runtime-dir", "R", command, "--json"])
+    for options in (after, before):
+        assert (options.device, options.abi, options.runtime_dir, options.json) == ("D", "v8", "R", True)
+    defaults = parser.parse_args([command])
+    assert (defaults.device, defaults.abi, defaults.runtime_dir, defaults.json) == (None, "auto", None, False)
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_lists_every_exit_status(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(*([command] if command else []), "--help") == 0
+    out = capsys.readouterr().out
+    for status, meaning in EXIT_CODES.items():
+        assert f"{status:>5}  {meaning}" in out
+
+
+@pytest.mark.parametrize("args", [
+    ["status"], ["trigger"], ["wait-watchers", "--timeout", "5"], ["selftest"], ["prepare"], ["resume"],
+    ["wait-ready", "--timeout", "5"],
+])
+def test_json_output_is_json_on_every_line(
+    backend: Backend, args: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    runtime = tempfile.mkdtemp(prefix="sgc-", dir="/tmp")
+    try:
+        assert cli(*args, "--device", backend.path, "--runtime-dir", runtime, "--json") == 0
+    finally:
+        shutil.rmtree(runtime)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines or args[0] in ("prepare", "resume")  # with nobody registered, nothing to report
+    for line in lines:
+        json.loads(line) if args[0] != "selftest" else None
+    if args[0] == "selftest":
+        assert isinstance(json.loads("\n".join(lines)), list)
+
+
+def test_demo_json_is_json_on_every_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("demo", "--json") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(isinstance(json.loads(line), str) for line in lines)
+
+
+def test_watch_exec_timeout_kills_the_command_and_counts_as_a_failure(
+    backend: Backend, keep_bumping: threading.Event, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The first run hangs (killed after 0.2 s: a failure); the next change's run succeeds."""
+    mark = tmp_path / "ran once"
+    script = "import os, sys, time; p = sys.argv[1]; os.path.exists(p) and sys.exit(0); open(p, 'w'); time.sleep(60)"
+    started = time.monotonic()
+    assert cli("watch", "--device", backend.path, "--exec", f"{sys.executable} -c \"{script}\" '{mark}'",
+               "--exec-timeout", "0.2", "--max-attempts", "0", "--count", "1") == 0
+    assert time.monotonic() - started < 30  # the 60 s run was killed
+    err = capsys.readouterr().err
+    assert "timed out after 0.2 s (attempt 1)" in err and "stays unacknowledged; no retries left" in err
+
+
+def test_an_acknowledgement_ahead_of_the_device_says_so(backend: Backend) -> None:
+    with Device.open(backend.path) as handle:
+        ahead = (handle.generation + 5) % 2**32
+        with pytest.raises(StaleGenerationError, match=f"has not reached {ahead}"):
+            handle.ack(ahead)
 
 
 def test_watch_acknowledges_each_change(

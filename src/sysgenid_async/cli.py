@@ -13,6 +13,8 @@ unacknowledged until it succeeds or a newer generation arrives.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -69,8 +71,12 @@ EXIT_CODES = {
 }
 
 
-def _run_command(command: list[str], env: dict[str, str]) -> int:
-    return subprocess.run(command, env=env, check=False).returncode
+def _run_command(command: list[str], env: dict[str, str], timeout: float | None = None) -> int | str:
+    """The command's exit status, or ``"timed out after S s"`` (it is killed then)."""
+    try:
+        return subprocess.run(command, env=env, check=False, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:g} s"
 
 
 class _UsageError(Exception):
@@ -130,22 +136,49 @@ def _u32(text: str) -> int:
     return value
 
 
-def _build_parser() -> _Parser:
-    parser = _Parser(prog="sysgenid-async", description="Follow the system generation ID device.")
-    parser.add_argument("--version", action="version", version=f"sysgenid-async {__version__}")
-    parser.add_argument("--device", metavar="PATH", help="device path (default: $SYSGENID_DEVICE, then /dev/sysgenid)")
-    parser.add_argument("--abi", choices=["auto", "v4", "v8"], default="auto", help="ABI to speak (default: probe)")
-    parser.add_argument("--runtime-dir", metavar="DIR",
+def _global_options(*, defaults: bool) -> _Parser:
+    """The options every command takes, before or after its name (``status --device X``).
+
+    The top parser's copy has the defaults; the commands' copy (a separate one: parents share
+    their actions) has none, so that an option given before the command is not reset by it."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    common = _Parser(add_help=False)
+    common.add_argument("--device", metavar="PATH", default=default(None),
+                        help="device path (default: $SYSGENID_DEVICE, then /dev/sysgenid)")
+    common.add_argument("--abi", choices=["auto", "v4", "v8"], default=default("auto"),
+                        help="ABI to speak (default: probe)")
+    common.add_argument("--runtime-dir", metavar="DIR", default=default(None),
                         help="the watcher registry (default: $SYSGENID_ASYNC_RUNTIME_DIR, then /run/sysgenid-async "
                         "for root, $XDG_RUNTIME_DIR/sysgenid-async for others)")
+    return common
+
+
+def _exit_status_help() -> str:
+    return "exit status:\n" + "\n".join(f"  {status:>3}  {meaning}" for status, meaning in EXIT_CODES.items())
+
+
+def _build_parser() -> _Parser:
+    common = _global_options(defaults=False)
+    parser = _Parser(prog="sysgenid-async", description="Follow the system generation ID device.",
+                     parents=[_global_options(defaults=True)], epilog=_exit_status_help(),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sysgenid-async {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    status = commands.add_parser("status", help="print the generation, ABI and outdated watchers")
+    def add_command(name: str, help: str) -> _Parser:
+        command: _Parser = commands.add_parser(name, help=help, parents=[common], epilog=_exit_status_help(),
+                                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        return command
+
+    status = add_command("status", help="print the generation, ABI and outdated watchers")
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.add_argument("--watchers", action="store_true",
                         help="also list the registered watcher processes: who is late, its failing hook and error")
 
-    watch = commands.add_parser("watch", help="print a line per generation change, acknowledging each")
+    watch = add_command("watch", help="print a line per generation change, acknowledging each")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
     watch.add_argument("--no-ack", action="store_true", help="never acknowledge (reopen after each change)")
     watch.add_argument(
@@ -154,6 +187,8 @@ def _build_parser() -> _Parser:
         "SYSGENID_GENERATION in its environment; acknowledge only if it exits 0",
     )
     watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N changes")
+    watch.add_argument("--exec-timeout", type=_positive_float, metavar="SECONDS",
+                       help="--exec: kill the command after SECONDS; that counts as a failure (default: no limit)")
     watch.add_argument("--retry-delay", type=_positive_float, default=1.0, metavar="SECONDS",
                        help="--exec: first delay before running a failed command again, doubling up to 60 s "
                        "(default 1)")
@@ -161,26 +196,28 @@ def _build_parser() -> _Parser:
                        help="--exec: retries of a failed command for one generation (default: until it "
                        "succeeds or the generation changes); then the generation stays unacknowledged")
 
-    trigger = commands.add_parser("trigger", help="force a generation change (privileged)")
+    trigger = add_command("trigger", help="force a generation change (privileged)")
     trigger.add_argument("--min", dest="min_generation", type=_u32, default=0, metavar="N",
                          help="minimum new generation (default 0: current + 1)")
+    trigger.add_argument("--json", action="store_true", help="one JSON object")
 
-    wait = commands.add_parser("wait-watchers", help="wait until every watcher has acknowledged")
+    wait = add_command("wait-watchers", help="wait until every watcher has acknowledged")
     wait.add_argument("--timeout", type=_timeout, metavar="SECONDS", help="give up after SECONDS")
+    wait.add_argument("--json", action="store_true", help="one JSON object")
 
-    selftest = commands.add_parser("selftest", help="check that the live device behaves as documented")
+    selftest = add_command("selftest", help="check that the live device behaves as documented")
     selftest.add_argument("--allow-trigger", action="store_true", help="also check a forced generation change")
     selftest.add_argument("--json", action="store_true", help="results as JSON")
 
     for name, text in (("prepare", "ask every registered process to run its before-snapshot hooks; wait for all"),
                        ("resume", "after a prepare that no snapshot restore followed: run the resume hooks")):
-        lifecycle = commands.add_parser(name, help=text)
+        lifecycle = add_command(name, help=text)
         lifecycle.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
                                help=f"the hooks' budget in each process (default 30); replies are awaited "
                                f"{REPLY_GRACE_SECONDS:g} s longer")
         lifecycle.add_argument("--json", action="store_true", help="one JSON object per process")
 
-    ready = commands.add_parser("wait-ready", help="wait until every registered watcher has caught up with the device")
+    ready = add_command("wait-ready", help="wait until every registered watcher has caught up with the device")
     ready.add_argument("--timeout", type=_timeout, metavar="SECONDS", help="give up after SECONDS")
     ready.add_argument("--channel", metavar="PATH|vsock:CID:PORT",
                        help="also write a JSON line per ready generation there (a virtio-serial port, or vsock)")
@@ -188,7 +225,8 @@ def _build_parser() -> _Parser:
                        help="keep going: report every later generation once ready (--timeout then does not apply)")
     ready.add_argument("--json", action="store_true", help="one JSON object per ready generation")
 
-    commands.add_parser("demo", help="an end-to-end story on the simulator: watchers, a bump, an orchestrator")
+    demo = add_command("demo", help="an end-to-end story on the simulator: watchers, a bump, an orchestrator")
+    demo.add_argument("--json", action="store_true", help="the story's lines as JSON strings, one per line")
     return parser
 
 
@@ -281,7 +319,7 @@ def _lifecycle(options: argparse.Namespace) -> int:
     except RegistryPermissionError:
         raise
     except RegistryError as exc:
-        print(f"{op}: no restore watcher is registered ({exc})")
+        print(f"{op}: no restore watcher is registered ({exc})", file=sys.stderr if options.json else None)
         return EXIT_OK
     with registry.exclusive("lifecycle") as mine:
         if not mine:
@@ -318,7 +356,7 @@ def _lifecycle(options: argparse.Namespace) -> int:
         if not ok:
             print(f"sysgenid-async: {op}: {entry.service} (pid {entry.pid}): {detail}", file=sys.stderr)
     if not entries:
-        print(f"{op}: no restore watcher is registered in {registry.path}")
+        print(f"{op}: no restore watcher is registered in {registry.path}", file=sys.stderr if options.json else None)
     return EXIT_LIFECYCLE_FAILED if failed else EXIT_OK
 
 
@@ -387,11 +425,12 @@ def _watch(options: argparse.Namespace) -> int:
             """Run the command until it exits 0 (True), or give up on this generation (False)."""
             env = dict(os.environ, SYSGENID_GENERATION=str(generation))
             for attempt, delay in enumerate(itertools.chain(retry.delays(), [None]), start=1):
-                status = await anyio.to_thread.run_sync(_run_command, command, env)
+                status = await anyio.to_thread.run_sync(_run_command, command, env, options.exec_timeout)
                 if status == 0:
                     return True
                 later = f"retrying in {delay:g} s" if delay is not None else "no retries left"
-                print(f"sysgenid-async: {shlex.join(command)} exited with {status} (attempt {attempt}); "
+                outcome = status if isinstance(status, str) else f"exited with {status}"
+                print(f"sysgenid-async: {shlex.join(command)} {outcome} (attempt {attempt}); "
                       f"generation {generation} stays unacknowledged; {later}", file=sys.stderr, flush=True)
                 if delay is None or await moved_on(handle, generation, delay):
                     break
@@ -423,7 +462,7 @@ def _watch(options: argparse.Namespace) -> int:
 def _trigger(options: argparse.Namespace) -> int:
     with Device.open(options.device, abi=options.abi, watcher=False) as device:
         generation = device.trigger(options.min_generation)
-    print(f"generation {generation}")
+    _emit(options, {"generation": generation}, f"generation {generation}")
     return EXIT_OK
 
 
@@ -434,18 +473,28 @@ def _wait_watchers(options: argparse.Namespace) -> int:
         with BlockingSysGenID.open(options.device, abi=options.abi, watcher=False) as handle:
             result = handle.wait_watchers(deadline.remaining())
             abi, generation = handle.abi, handle.generation
+            outdated = handle.outdated_watchers() if abi is Abi.V4 else None
         # Outdated itself (a newer generation): a fresh file starts up to date; wait on with one.
         if result is not WaitResult.CALLER_OUTDATED:
             break
+    record = {"result": result.value, "generation": generation, "outdated_watchers": outdated}
     if result is WaitResult.TIMED_OUT:
         cause = likely_cause_of_timeout(abi, generation)
-        print("timed out: watchers are still outdated" + (f"; {cause}" if cause else ""), file=sys.stderr)
+        count = f"{outdated} watchers" if outdated is not None else "watchers (v8 keeps no count)"
+        print(f"sysgenid-async: wait-watchers: timed out at generation {generation} with {count} still outdated"
+              + (f"; {cause}" if cause else ""), file=sys.stderr)
+        if options.json:
+            _emit(options, record, "")
         return EXIT_TIMED_OUT
-    print("all watchers caught up")
+    _emit(options, record, "all watchers caught up")
     return EXIT_OK
 
 
 def _selftest(options: argparse.Namespace) -> int:
+    if options.abi != "auto":
+        # --abi: the device must speak it (AbiMismatchError otherwise, exit 1), then the checks run.
+        with Device.open(options.device, abi=options.abi, watcher=False):
+            pass
     results = run_selftest(options.device, allow_trigger=options.allow_trigger)
     if options.json:
         print(json.dumps([{"name": r.name, "status": r.status, "detail": r.detail} for r in results], indent=2))
@@ -457,7 +506,14 @@ def _selftest(options: argparse.Namespace) -> int:
 def _demo(options: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return anyio.run(run_demo)
+    if not options.json:
+        return anyio.run(run_demo)
+    story = io.StringIO()
+    with contextlib.redirect_stdout(story):
+        status = anyio.run(run_demo)
+    for line in story.getvalue().splitlines():
+        print(json.dumps(line))
+    return status
 
 
 _COMMANDS = {

@@ -82,7 +82,10 @@ def resolve_device_path(path: str | os.PathLike[str] | None = None) -> str:
         return os.environ.get(uapi.DEVICE_ENV_VAR) or uapi.DEFAULT_DEVICE_PATH
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"device path must be a str or os.PathLike, not {type(path).__name__}")
-    return os.fspath(path)
+    resolved = os.fspath(path)
+    if not resolved:
+        raise ValueError("device path is empty (None means $SYSGENID_DEVICE, then /dev/sysgenid)")
+    return resolved
 
 
 def validate_generation(value: object, name: str = "generation") -> int:

@@ -80,9 +80,11 @@ class StaleGenerationError(SysGenIDError, ValueError):
     """An acknowledgement named a generation that is no longer the current one."""
 
     def __init__(self, acked: int, current: int) -> None:
-        super().__init__(
-            f"cannot acknowledge generation {acked}: the device has moved on to {current}"
-        )
+        if acked > current:
+            reason = f"the device is at generation {current}, it has not reached {acked}"
+        else:
+            reason = f"the device has moved on to {current}"
+        super().__init__(f"cannot acknowledge generation {acked}: {reason}")
         self.acked = acked
         self.current = current
 

@@ -73,14 +73,19 @@ class RetryPolicy:
     max_attempts: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("initial_delay", "max_delay", "factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"RetryPolicy's {name} must be a number of seconds, not {value!r}")
         if not self.initial_delay > 0 or not self.max_delay >= self.initial_delay:
             raise ValueError("RetryPolicy needs 0 < initial_delay <= max_delay")
         if not self.factor >= 1:
             raise ValueError("RetryPolicy needs factor >= 1")
-        if self.max_attempts is not None and (
-            isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 0
-        ):
-            raise ValueError(f"RetryPolicy needs a whole max_attempts >= 0, or None, not {self.max_attempts!r}")
+        if self.max_attempts is not None:
+            if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+                raise TypeError(f"RetryPolicy's max_attempts must be an int or None, not {self.max_attempts!r}")
+            if self.max_attempts < 0:
+                raise ValueError(f"RetryPolicy needs max_attempts >= 0, or None, not {self.max_attempts!r}")
 
     def delays(self) -> Iterator[float]:
         delay = self.initial_delay
