@@ -23,7 +23,7 @@ CONFORMANCE = ["tests/test_conformance.py", "tests/test_kernel_module.py", "test
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = [
-    "lint", "typecheck", "docs", "tests", "tests-sid", "kernel", "kernel-host", "kernel-trixie", "kernel-fixed-abi",
+    "lint", "typecheck", "docs", "tests", "integrations", "tests-sid", "kernel", "kernel-host", "kernel-trixie", "kernel-fixed-abi",
     "dkms", "clones", "clones-sid", "bench-smoke", "matrix",
 ]
 
@@ -59,6 +59,23 @@ def tests(session: nox.Session) -> None:
     report = f"build/reports/host-{session.python}.xml"
     flavours = [] if session.python == GUEST_PYTHON else ["--sim-flavours="]
     session.run("pytest", f"--junitxml={report}", *flavours, *session.posargs)
+
+
+INTEGRATION_SERVERS = {"postgresql": "/usr/lib/postgresql", "redis-server": "/usr/bin/redis-server"}
+
+
+@nox.session(python=GUEST_PYTHON)
+def integrations(session: nox.Session) -> None:
+    """The client integrations against the real libraries (the ``integrations`` extra) and real
+    PostgreSQL and Redis servers, which the tests start on loopback from Debian's packages
+    (installed here when missing: root)."""
+    missing = [package for package, path in INTEGRATION_SERVERS.items() if not os.path.exists(path)]
+    if missing:
+        session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing, external=True,
+                    env={"DEBIAN_FRONTEND": "noninteractive"})
+    session.install("-e", ".[test,integrations]")
+    session.run("pytest", "--integrations", "--junitxml=build/reports/integrations.xml",
+                *(session.posargs or ["tests/integrations"]))
 
 
 def _sid_venv(session: nox.Session, version: str) -> str:
@@ -206,7 +223,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=GUEST_PYTHON)
 def typecheck(session: nox.Session) -> None:
     # mypy checks for 3.10 too, where the exceptiongroup backport is imported
-    session.install("-e", ".[test,docs,bench]", "mypy>=1.10", "nox", "exceptiongroup>=1.2")
+    session.install("-e", ".[test,integrations,docs,bench]", "mypy>=1.10", "nox", "exceptiongroup>=1.2")
     session.run("mypy", "--strict")
 
 

@@ -20,6 +20,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="simulator flavours tested besides sim-v4 and sim-v8 (comma-separated; '' for none)")
     group.addoption("--kernel-no-abi-param", action="store_true",
                     help="the module takes no abi= parameter: load it as it is")
+    parser.getgroup("integrations", "client integrations").addoption(
+        "--integrations", action="store_true",
+        help="run tests/integrations: the client libraries (the 'integrations' extra) against real "
+             "PostgreSQL and Redis servers started on loopback (nox -s integrations); not collected otherwise")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/integrations needs its extra and the servers: collected only when asked for."""
+    if collection_path.name == "integrations" and collection_path.parent == Path(__file__).parent:
+        return not config.getoption("--integrations")
+    return None
 
 
 def _listed(value: str) -> list[str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import random
+import ssl
 import uuid
+from collections.abc import Callable
 
 import numpy
 import pytest
@@ -16,9 +19,11 @@ from sysgenid_async.restore.reseed import (
     regenerate_identities,
     register_random,
     reseed_numpy,
+    reseed_openssl,
     reseed_random,
+    unregister_random,
 )
-from sysgenid_async.testing import SimulatedDevice
+from sysgenid_async.testing import SimulatedDevice, isolated_state
 
 
 def test_reseed_random_breaks_the_shared_sequence() -> None:
@@ -36,7 +41,7 @@ def test_reseed_random_breaks_the_shared_sequence() -> None:
     assert random.getrandbits(64) != without[0]
     assert rng.getrandbits(64) != without[1]
     with pytest.raises(TypeError):
-        register_random(42)  # type: ignore[arg-type]
+        register_random(42)  # type: ignore[type-var]
 
 
 def test_reseed_numpy() -> None:
@@ -45,6 +50,73 @@ def test_reseed_numpy() -> None:
     numpy.random.set_state(state)
     reseed_numpy(1)
     assert numpy.random.randint(0, 2**62) != without
+
+
+def test_reseed_numpy_seeds_the_legacy_generator_from_128_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 32-bit seed repeats among clones: with 2**32 seeds, 77,000 clones share one by even odds."""
+    seeds: list[object] = []
+    monkeypatch.setattr(numpy.random, "seed", seeds.append)
+    reseed_numpy(1)
+    reseed_numpy(2)
+    assert all(isinstance(seed, numpy.ndarray) and seed.dtype == numpy.uint32 and seed.size == 4 for seed in seeds)
+    assert len(seeds) == 2 and not numpy.array_equal(seeds[0], seeds[1])  # type: ignore[arg-type]
+
+
+NumpyGenerator = numpy.random.Generator | numpy.random.RandomState
+
+
+def clone_of(rng: NumpyGenerator) -> Callable[[], None]:
+    """What a second clone holds: calling it puts ``rng`` back in the state it has now."""
+    if isinstance(rng, numpy.random.RandomState):
+        legacy = rng.get_state()
+        return lambda: rng.set_state(legacy)
+    state = copy.deepcopy(rng.bit_generator.state)
+    return lambda: setattr(rng.bit_generator, "state", state)
+
+
+@pytest.mark.parametrize("make", [numpy.random.default_rng, numpy.random.RandomState,
+                                  lambda: numpy.random.Generator(numpy.random.Philox())],
+                         ids=["default_rng", "RandomState", "Philox"])
+def test_registered_numpy_generators_are_reseeded_in_place(make: Callable[[], NumpyGenerator]) -> None:
+    with isolated_state():
+        rng = register_random(make())
+        assert register_random(rng) is rng
+        kind = type(rng.bit_generator) if isinstance(rng, numpy.random.Generator) else None
+        back_to_snapshot = clone_of(rng)
+        without = rng.random()
+        back_to_snapshot()
+        assert rng.random() == without, "the clone draws the same"
+        back_to_snapshot()
+        reseed_numpy(1)
+        assert rng.random() != without
+        if isinstance(rng, numpy.random.Generator):
+            assert type(rng.bit_generator) is kind, "the same kind of generator after the reseed"
+        assert unregister_random(rng) is True and unregister_random(rng) is False
+        back_to_snapshot()
+        reseed_numpy(2)
+        assert rng.random() == without, "an unregistered generator is left alone"
+
+
+def test_register_random_refuses_other_objects() -> None:
+    with pytest.raises(TypeError, match=r"random\.Random or a numpy Generator or RandomState, not int"):
+        register_random(42)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match=r"not PCG64$"):
+        register_random(numpy.random.PCG64())  # type: ignore[type-var]
+
+
+def test_reseed_openssl_feeds_pythons_ssl(monkeypatch: pytest.MonkeyPatch) -> None:
+    fed: list[tuple[bytes, float]] = []
+    real = ssl.RAND_add
+
+    def spy(data: bytes, entropy: float) -> None:
+        fed.append((data, entropy))
+        real(data, entropy)
+
+    monkeypatch.setattr(ssl, "RAND_add", spy)
+    reseed_openssl(1)
+    reseed_openssl(2)
+    assert [(len(data), entropy) for data, entropy in fed] == [(48, 48.0), (48, 48.0)] and fed[0] != fed[1]
+    assert ssl.RAND_status()
 
 
 def test_identities_are_renewed(sysgenid_sim: SimulatedDevice) -> None:
@@ -89,5 +161,6 @@ def test_install_default_hooks_is_idempotent() -> None:
     install_default_hooks(hooks)
     install_default_hooks(hooks)
     assert [(h.name, h.priority) for h in hooks.hooks] == [
-        ("reseed_random", Phase.RESEED), ("reseed_numpy", Phase.RESEED), ("regenerate_identities", Phase.IDENTITIES),
+        ("reseed_random", Phase.RESEED), ("reseed_numpy", Phase.RESEED), ("reseed_openssl", Phase.RESEED),
+        ("regenerate_identities", Phase.IDENTITIES),
     ]

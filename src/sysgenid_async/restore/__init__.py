@@ -42,7 +42,9 @@ from .reseed import (
     regenerate_identities,
     register_random,
     reseed_numpy,
+    reseed_openssl,
     reseed_random,
+    unregister_random,
 )
 from .watcher import RestoreWatcher, RetryPolicy, Subscription, restore_watcher
 
@@ -71,7 +73,9 @@ __all__ = [
     "regenerate_identities",
     "register_random",
     "reseed_numpy",
+    "reseed_openssl",
     "reseed_random",
+    "unregister_random",
     "restore_hooks",
     "restore_watcher",
     "restored",

@@ -2,9 +2,11 @@
 
 - :func:`reseed_random`: Python's ``random`` module and registered ``random.Random``
   instances. Clones restored from one snapshot share the Mersenne Twister's state, so
-  they draw the same "random" span IDs, jitter and sample choices. (``os.urandom`` and
-  ``secrets`` are safe: the kernel reseeds its own RNG on a VM fork.)
-- :func:`reseed_numpy`: numpy's legacy global generator, when numpy is imported.
+  they draw the same "random" span IDs, jitter and sample choices.
+- :func:`reseed_numpy`: numpy's legacy global generator, when numpy is imported, and the
+  registered ``numpy.random.Generator`` and ``RandomState`` instances, from 128 bits.
+- :func:`reseed_openssl`: the user-space generators of OpenSSL in ``ssl`` and in
+  ``cryptography`` (its own statically linked OpenSSL), whichever is loaded.
 - :class:`ProcessIdentity`: a per-process identity (a UUID by default) that a restore
   replaces, so two clones never report as the same instance. It is generation-bound: the
   first read after a restore builds a new one, once the ``RESEED`` hooks have run.
@@ -12,7 +14,10 @@
   clones share sockets' peers, TLS session state and pool identities. The new one is
   opened before the old one is closed, so a caller never finds the slot empty.
 
-``install_default_hooks()`` registers the first three on a registry in the right phases.
+``os.urandom`` and ``secrets`` read the kernel's generator: it is reseeded on a VM fork
+where the hypervisor's VM generation ID reaches the kernel (vmgenid), not after a
+``trigger`` from tooling. ``install_default_hooks()`` registers the reseeds and the
+identities on a registry in the right phases.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import sys
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, overload
+
+if TYPE_CHECKING:
+    import numpy
 
 import anyio
 
@@ -40,36 +48,113 @@ __all__ = [
     "register_random",
     "regenerate_identities",
     "reseed_numpy",
+    "reseed_openssl",
     "reseed_random",
+    "unregister_random",
 ]
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-_randoms: weakref.WeakSet[random.Random] = weakref.WeakSet()
+Generator = Union[random.Random, "numpy.random.Generator", "numpy.random.RandomState"]
+G = TypeVar("G", bound=Generator)
+
+# Held until unregistered: numpy's generators take no weak reference, and a reseed that
+# stops because the collector ran would be behaviour nobody asked for.
+_randoms: list[Generator] = []
+SEED_BYTES = 16  # 128 bits: a 32-bit seed repeats among tens of thousands of clones
 
 
-def register_random(rng: random.Random) -> random.Random:
-    """Have :func:`reseed_random` reseed ``rng`` too (held weakly); returns it."""
-    if not isinstance(rng, random.Random):
-        raise TypeError(f"expected a random.Random, not {type(rng).__name__}")
-    _randoms.add(rng)
+def _numpy_kind(rng: object) -> str | None:
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return None
+    if isinstance(rng, numpy.random.Generator):
+        return "Generator"
+    if isinstance(rng, numpy.random.RandomState):
+        return "RandomState"
+    return None
+
+
+def register_random(rng: G) -> G:
+    """Have the reseeds renew ``rng`` too: a ``random.Random`` (:func:`reseed_random`), a numpy
+    ``Generator`` or ``RandomState`` (:func:`reseed_numpy`). Held until :func:`unregister_random`."""
+    if not isinstance(rng, random.Random) and _numpy_kind(rng) is None:
+        raise TypeError(
+            f"expected a random.Random or a numpy Generator or RandomState, not {type(rng).__name__}"
+        )
+    if not any(rng is known for known in _randoms):
+        _randoms.append(rng)
     return rng
+
+
+def unregister_random(rng: Generator) -> bool:
+    """Stop reseeding ``rng``; False if it was not registered."""
+    for index, known in enumerate(_randoms):
+        if known is rng:
+            del _randoms[index]
+            return True
+    return False
 
 
 def reseed_random(generation: int) -> None:
     """Reseed the ``random`` module and every registered ``random.Random`` from os.urandom."""
     random.seed(os.urandom(32))
     for rng in list(_randoms):
-        rng.seed(os.urandom(32))
+        if isinstance(rng, random.Random):
+            rng.seed(os.urandom(32))
+
+
+def _numpy_seed(numpy: Any) -> Any:
+    return numpy.frombuffer(os.urandom(SEED_BYTES), dtype=numpy.uint32)
 
 
 def reseed_numpy(generation: int) -> None:
-    """Reseed numpy's legacy global generator, if numpy has been imported (else nothing)."""
+    """Reseed numpy's legacy global generator and every registered numpy generator from
+    128 bits of os.urandom, if numpy has been imported (else nothing)."""
     numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
+    if numpy is None:
+        return
+    numpy.random.seed(_numpy_seed(numpy))
+    for rng in list(_randoms):
+        if isinstance(rng, numpy.random.RandomState):
+            rng.seed(_numpy_seed(numpy))
+        elif isinstance(rng, numpy.random.Generator):
+            # In place, so every holder of the Generator sees the new stream: a fresh bit
+            # generator of the same kind, seeded from the OS, lends its state.
+            bits = rng.bit_generator
+            seeds = numpy.random.SeedSequence(int.from_bytes(os.urandom(SEED_BYTES), "little"))
+            bits.state = type(bits)(seeds).state
+
+
+#: OpenSSL's RAND_add: the bytes mixed in, and the entropy they are credited with.
+OPENSSL_RESEED_BYTES = 48
+
+
+def reseed_openssl(generation: int) -> None:
+    """Reseed OpenSSL's user-space generators with fresh kernel bytes (``RAND_add``).
+
+    A clone copies OpenSSL's DRBG state with the rest of memory, and OpenSSL notices a
+    fork but not a VM clone. Python's ``ssl`` (the system's libcrypto) and ``cryptography``
+    (its own OpenSSL, linked into its extension) keep separate generators: each is reseeded
+    if its module is loaded; one loaded later seeds itself fresh.
+    """
+    if "_ssl" in sys.modules:
+        import ssl
+
+        ssl.RAND_add(os.urandom(OPENSSL_RESEED_BYTES), float(OPENSSL_RESEED_BYTES))
+    if "cryptography.hazmat.bindings._rust" in sys.modules:
+        try:
+            from cryptography.hazmat.bindings.openssl.binding import Binding
+
+            rand_add = Binding().lib.RAND_add
+        except (ImportError, AttributeError) as exc:
+            # Failing the hook keeps the process from being ready with the snapshot's state.
+            raise RuntimeError(
+                "this cryptography exposes no RAND_add: its OpenSSL generator cannot be reseeded"
+            ) from exc
+        rand_add(os.urandom(OPENSSL_RESEED_BYTES), OPENSSL_RESEED_BYTES, float(OPENSSL_RESEED_BYTES))
 
 
 _identities: weakref.WeakSet[ProcessIdentity[object]] = weakref.WeakSet()
@@ -187,13 +272,15 @@ class Reopenable(Generic[T]):
 
 
 def install_default_hooks(hooks: RestoreHooks | None = None) -> RestoreHooks:
-    """Register :func:`reseed_random` and :func:`reseed_numpy` (phase RESEED) and
-    :func:`regenerate_identities` (phase IDENTITIES) on ``hooks`` (default: the process's)."""
+    """Register :func:`reseed_random`, :func:`reseed_numpy` and :func:`reseed_openssl` (phase
+    RESEED) and :func:`regenerate_identities` (phase IDENTITIES) on ``hooks`` (default: the
+    process's)."""
     registry = restore_hooks if hooks is None else hooks
-    for function in (reseed_random, reseed_numpy, regenerate_identities):
+    for function in (reseed_random, reseed_numpy, reseed_openssl, regenerate_identities):
         registry.unregister(function)
     registry.register(reseed_random, phase=Phase.RESEED)
     registry.register(reseed_numpy, phase=Phase.RESEED)
+    registry.register(reseed_openssl, phase=Phase.RESEED)
     registry.register(regenerate_identities, phase=Phase.IDENTITIES)
     return registry
 
@@ -208,7 +295,6 @@ def emptied_registries() -> Iterator[None]:
     try:
         yield
     finally:
-        _randoms.clear()
+        _randoms[:] = saved[0]
         _identities.clear()
-        _randoms.update(saved[0])
         _identities.update(saved[1])

@@ -1,0 +1,193 @@
+"""Ready-made restore handling for the clients services hold: one line per client.
+
+    from sysgenid_async.integrations import reconnect_on_restore, reopen_on_restore
+
+    engine = reconnect_on_restore(create_async_engine(url))      # SQLAlchemy
+    pool = reconnect_on_restore(await asyncpg.create_pool(dsn))  # asyncpg
+    cache = reconnect_on_restore(redis.asyncio.Redis())          # redis-py
+    session = reconnect_on_restore(botocore.session.get_session())
+    http = reopen_on_restore(httpx.AsyncClient)                  # httpx, aiohttp: rebuilt
+
+A clone holds the snapshot's sockets: connections whose peer belongs to the original VM, TLS
+sessions with the same keys and sequence numbers, temporary credentials fetched before the
+snapshot. Before a snapshot (``sysgenid-async prepare``) and after a restore, each client here
+drops what it holds, in phase ``CONNECTIONS``:
+
+- SQLAlchemy ``Engine`` and ``AsyncEngine``: ``dispose()``, a new pool in place;
+- asyncpg ``Pool``: ``expire_connections()``, each replaced at its next acquire;
+- redis-py ``Redis`` (sync and asyncio): the pool's ``disconnect()``; the next command reconnects;
+- botocore ``Session`` or its ``RefreshableCredentials``: the credentials marked expired, so
+  the next request fetches new ones (the same object that clients made from it hold).
+
+httpx and aiohttp clients cannot drop their connections and go on, so
+:func:`reopen_on_restore` keeps one in a :class:`~sysgenid_async.restore.Reopenable`: a new
+client is opened, swapped in, and the old one closed once no lease holds it.
+
+No client library is imported here: a client is recognised by its class, whose module is
+loaded already when the user has one. Registrations hold their client until
+:func:`stop_reconnecting` says otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from .restore.callbacks import maybe_await
+from .restore.hooks import Phase, RestoreHooks, restore_hooks
+from .restore.reseed import Reopenable
+
+__all__ = ["reconnect_on_restore", "reopen_on_restore", "stop_reconnecting", "supported_clients"]
+
+T = TypeVar("T")
+
+# (module, class name) -> what a restore does to such a client; the first match in the MRO wins.
+_ACTIONS: dict[tuple[str, str], Callable[[Any], object]] = {}
+
+
+def _action(module: str, name: str) -> Callable[[Callable[[Any], object]], Callable[[Any], object]]:
+    def add(function: Callable[[Any], object]) -> Callable[[Any], object]:
+        _ACTIONS[(module, name)] = function
+        return function
+
+    return add
+
+
+@_action("sqlalchemy.engine.base", "Engine")
+@_action("sqlalchemy.ext.asyncio.engine", "AsyncEngine")
+def _dispose_engine(engine: Any) -> object:
+    # A new, empty pool in place; connections checked out now are discarded when returned.
+    return engine.dispose()
+
+
+@_action("asyncpg.pool", "Pool")
+def _expire_pool(pool: Any) -> object:
+    return pool.expire_connections()
+
+
+@_action("redis.client", "Redis")
+@_action("redis.asyncio.client", "Redis")
+def _disconnect_redis(client: Any) -> object:
+    return client.connection_pool.disconnect()
+
+
+@_action("botocore.session", "Session")
+def _expire_session_credentials(session: Any) -> None:
+    # What the session has resolved, if anything: get_credentials() would resolve them, and
+    # a hook that fetches credentials before a snapshot puts them in it.
+    credentials = getattr(session, "_credentials", None)
+    if credentials is not None:
+        _expire_credentials(credentials)
+
+
+@_action("botocore.credentials", "Credentials")
+def _expire_credentials(credentials: Any) -> None:
+    # Static keys (environment, files) are the same in every clone and never expire: nothing to
+    # do. Temporary ones are marked expired: the next request refreshes them, under botocore's
+    # own lock (the refresh is a request; a hook makes none).
+    if hasattr(credentials, "_expiry_time") and hasattr(credentials, "_time_fetcher"):
+        credentials._expiry_time = credentials._time_fetcher() - datetime.timedelta(seconds=1)
+
+
+def _find_action(resource: object) -> Callable[[Any], object] | None:
+    for cls in type(resource).__mro__:
+        action = _ACTIONS.get((cls.__module__, cls.__qualname__))
+        if action is not None:
+            return action
+    return None
+
+
+def supported_clients() -> list[str]:
+    """The client classes :func:`reconnect_on_restore` knows, as ``module.Class``."""
+    return sorted(f"{module}.{name}" for module, name in _ACTIONS)
+
+
+class _ClientHook:
+    """The hook registered for one client: it drops what the client holds. Found again by its
+    client (:func:`stop_reconnecting`), in the registry itself: no table beside it."""
+
+    def __init__(self, client: object, drop: Callable[[], object]) -> None:
+        self.client = client
+        self._drop = drop
+
+    async def __call__(self, generation: int) -> None:
+        await maybe_await(self._drop())
+
+
+def _hook_of(registry: RestoreHooks, client: object) -> _ClientHook | None:
+    for hook in registry.hooks:
+        function = hook.function
+        if isinstance(function, _ClientHook) and function.client is client:
+            return function
+    return None
+
+
+def _register(client: object, drop: Callable[[], object], hooks: RestoreHooks | None, name: str) -> None:
+    registry = restore_hooks if hooks is None else hooks
+    if _hook_of(registry, client) is not None:
+        raise ValueError(f"{type(client).__qualname__} {client!r} is already registered on this registry")
+    hook = _ClientHook(client, drop)
+    registry.register(hook, phase=Phase.CONNECTIONS, name=name)
+    registry.before_snapshot(hook, phase=Phase.CONNECTIONS, name=name)
+
+
+def reconnect_on_restore(client: T, *, hooks: RestoreHooks | None = None) -> T:
+    """Have ``client`` drop its connections (or credentials) before a snapshot and after a
+    restore; returns it. ``hooks``: the registry (default: the process's).
+
+    :raises TypeError: a client this module does not know (see :func:`supported_clients`),
+        or an httpx or aiohttp client, which :func:`reopen_on_restore` rebuilds instead.
+    :raises ValueError: ``client`` is already registered on that registry.
+    """
+    action = _find_action(client)
+    if action is None:
+        kind = type(client)
+        advice = (
+            "; httpx and aiohttp clients cannot drop their connections: use reopen_on_restore()"
+            if kind.__module__.split(".")[0] in ("httpx", "aiohttp") else ""
+        )
+        raise TypeError(
+            f"reconnect_on_restore() does not know {kind.__module__}.{kind.__qualname__}{advice}; "
+            f"it knows {', '.join(supported_clients())}"
+        )
+    _register(client, lambda: action(client), hooks, f"reconnect {type(client).__qualname__}")
+    return client
+
+
+def _close(client: Any) -> object:
+    """httpx's ``AsyncClient.aclose``, aiohttp's ``ClientSession.close``, or a plain ``close``."""
+    close = getattr(client, "aclose", None) or getattr(client, "close", None)
+    if close is None:
+        raise TypeError(f"{type(client).__qualname__} has neither aclose() nor close(): pass close=")
+    return close()
+
+
+def reopen_on_restore(
+    open: Callable[[], T | Awaitable[T]],
+    close: Callable[[T], object | Awaitable[object]] | None = None,
+    *,
+    hooks: RestoreHooks | None = None,
+) -> Reopenable[T]:
+    """A :class:`~sysgenid_async.restore.Reopenable` of ``open()`` (an httpx ``AsyncClient``, an
+    aiohttp ``ClientSession``, ...), rebuilt before a snapshot and after a restore.
+
+    ``close`` defaults to the client's ``aclose()``, else its ``close()``. ``await
+    clients.start()`` opens the first one; ``clients.current`` or ``async with clients.use()``
+    is the one to use; ``await clients.aclose()`` and :func:`stop_reconnecting` end it.
+    """
+    if not callable(open):
+        raise TypeError(f"open must be callable, not {type(open).__name__}")
+    if close is not None and not callable(close):
+        raise TypeError(f"close must be callable, not {type(close).__name__}")
+    clients: Reopenable[T] = Reopenable(open, _close if close is None else close)
+    _register(clients, clients.reopen, hooks, f"reopen {getattr(open, '__qualname__', type(open).__qualname__)}")
+    return clients
+
+
+def stop_reconnecting(client: object, *, hooks: RestoreHooks | None = None) -> bool:
+    """Undo :func:`reconnect_on_restore` or :func:`reopen_on_restore` for ``client`` (what either
+    returned) on ``hooks``; False if it was not registered there."""
+    registry = restore_hooks if hooks is None else hooks
+    hook = _hook_of(registry, client)
+    return hook is not None and registry.unregister(hook)

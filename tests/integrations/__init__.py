@@ -1,0 +1,1 @@
+"""The client integrations against real libraries and servers (collected with --integrations)."""
