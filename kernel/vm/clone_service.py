@@ -29,6 +29,7 @@ import json
 import os
 import random
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -46,7 +47,7 @@ from sysgenid_async.restore import (
     restore_watcher,
 )
 from sysgenid_async.restore.orchestrator import OrchestrationReport
-from sysgenid_async.restore.reseed import reseed_random
+from sysgenid_async.restore.reseed import reseed_openssl, reseed_random
 
 with open("/proc/cmdline") as cmdline:
     RESEED = "noreseed" not in cmdline.read().split()
@@ -175,6 +176,8 @@ async def service() -> None:
     state = {"identity": "snapshot", "secret": "", "identity_attempts": 0}
     if RESEED:
         hooks.register(reseed_random, phase=Phase.RESEED)
+        hooks.register(reseed_openssl, phase=Phase.RESEED)
+    ssl.RAND_bytes(16)  # OpenSSL's generator has drawn before the snapshot, as a TLS service's has
 
     @hooks.register(phase=Phase.IDENTITIES)
     def renew_identity(generation: int) -> None:
@@ -235,6 +238,7 @@ async def service() -> None:
                     "watch_saw": report.generation in seen_by_watch,
                     "acknowledged": watcher.acknowledged == report.generation,
                     "random": random.getrandbits(32),
+                    "openssl": ssl.RAND_bytes(8).hex(),
                     "secret": secret(),
                     "racing_prefix": raced.get(report.generation),
                     "prefix": prefix(),

@@ -18,7 +18,7 @@
    named ``slow-worker`` fails its restore hook once: the orchestrator must name it (pid,
    hook, error), and the host reads the clone's readiness from ``sysgenid-async wait-ready
    --follow`` on a second virtio-serial port, timing restore to ready.
-6. Controls: the reseed hook left out (``random`` then stays identical across clones), a
+6. Controls: the reseed hooks left out (``random`` and OpenSSL's ``RAND_bytes`` then stay identical across clones), a
    restore that keeps the GUID (no change), and a clone of a clone (a second bump); and the
    module in its v8 personality, cloned once.
 
@@ -500,6 +500,7 @@ def main() -> int:
               f"{name}: after a failed IDENTITIES hook, the retry left the SECRETS phase on the old identity "
               f"({clone['identity_attempts']} attempts)")
     check(len({c["random"] for c in clones}) == len(clones), "random outputs are identical across clones")
+    check(len({c["openssl"] for c in clones}) == len(clones), "OpenSSL's generator is identical across clones")
     check(len({c["secret"] for c in clones}) == len(clones), "generation-bound secrets are identical across clones")
     check(len({c["racing_prefix"] for c in clones}) == len(clones),
           "a request racing the hooks at resume got the same bound value in every clone")
@@ -513,6 +514,8 @@ def main() -> int:
     control_snapshot, _ = boot_and_snapshot("noreseed", kernel, image, work, append="noreseed")
     controls = [restore(f"noreseed-{i}", kernel, image, work, control_snapshot) for i in (1, 2)]
     check(len({c["random"] for c in controls}) == 1, "without the reseed hook, random should be identical")
+    check(len({c["openssl"] for c in controls}) == 1,
+          "without reseed_openssl, OpenSSL's RAND_bytes should be identical (OpenSSL notices a fork, not a clone)")
     check(len({c["racing_prefix"] for c in controls}) == 1,
           "without the reseed hook, the racing request's prefix should be identical (the check can fail)")
     check(len({c["secret"] for c in controls}) == 2, "the generation-bound secret must differ even so")
