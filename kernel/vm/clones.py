@@ -18,9 +18,9 @@
    named ``slow-worker`` fails its restore hook once: the orchestrator must name it (pid,
    hook, error), and the host reads the clone's readiness from ``sysgenid-async wait-ready
    --follow`` on a second virtio-serial port, timing restore to ready.
-6. Controls: the reseed hooks left out (``random`` and OpenSSL's ``RAND_bytes`` then stay identical across clones), a
-   restore that keeps the GUID (no change), and a clone of a clone (a second bump); and the
-   module in its v8 personality, cloned once.
+6. Controls: the reseed hooks left out (``random`` and OpenSSL's ``RAND_bytes`` then stay
+   identical across clones), a restore that keeps the GUID (no change), and a clone of a clone
+   (a second bump); and the module in its v8 personality, cloned once.
 
 Prints a table and writes build/clones/results.json. Root; installs what it needs.
 Standard library only.
