@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,10 @@ def test_wait_watchers(backend: Backend, capsys: pytest.CaptureFixture[str]) -> 
 
 
 # The conventions every command follows, as a table.
-COMMANDS = ["status", "watch", "trigger", "wait-watchers", "selftest", "prepare", "resume", "wait-ready", "demo"]
+COMMANDS = ["status", "watch", "trigger", "wait-watchers", "selftest", "prepare", "resume", "wait-ready", "demo",
+            "simulate"]
+# What a command needs besides its options.
+OPERANDS = {"simulate": ["script.py"]}
 
 
 def test_the_table_lists_every_command() -> None:
@@ -93,11 +97,12 @@ def test_the_table_lists_every_command() -> None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_global_options_go_before_or_after_the_command_and_every_command_has_json(command: str) -> None:
     parser = _build_parser()
-    after = parser.parse_args([command, "--device", "D", "--abi", "v8", "--runtime-dir", "R", "--json"])
-    before = parser.parse_args(["--device", "D", "--abi", "v8", "--runtime-dir", "R", command, "--json"])
+    operands = OPERANDS.get(command, [])
+    after = parser.parse_args([command, "--device", "D", "--abi", "v8", "--runtime-dir", "R", "--json", *operands])
+    before = parser.parse_args(["--device", "D", "--abi", "v8", "--runtime-dir", "R", command, "--json", *operands])
     for options in (after, before):
         assert (options.device, options.abi, options.runtime_dir, options.json) == ("D", "v8", "R", True)
-    defaults = parser.parse_args([command])
+    defaults = parser.parse_args([command, *operands])
     assert (defaults.device, defaults.abi, defaults.runtime_dir, defaults.json) == (None, "auto", None, False)
 
 
@@ -316,3 +321,58 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("demo") == 0
     out = capsys.readouterr().out
     assert "wait_watchers -> caught-up" in out and "demo complete" in out
+
+
+SIMULATED_SCRIPT = """
+import os
+import sys
+import anyio
+from sysgenid_async import watch
+from sysgenid_async.restore import restore_watcher
+from sysgenid_async.restore.registry import Registry
+
+async def main() -> None:
+    async with restore_watcher() as watcher, watch() as changes:
+        assert Registry().entries(), "announced in the simulation's own registry"
+        async for generation in changes:
+            print("restored:", generation, os.environ["SYSGENID_DEVICE"], sys.argv[1:])
+            break
+    if sys.argv[1:] == ["fail"]:
+        sys.exit(3)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_simulate_runs_a_script_on_a_restoring_simulator(
+    json_output: bool, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(SIMULATED_SCRIPT)
+    runtime = tempfile.mkdtemp(prefix="sgc-", dir="/tmp")
+    try:
+        json_flag = ["--json"] if json_output else []
+        status = subprocess.run(
+            [sys.executable, "-m", "sysgenid_async", "simulate", *json_flag, "--restore-every", "0.2", str(script),
+             "x"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "SYSGENID_ASYNC_RUNTIME_DIR": runtime},
+        )
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.startswith("restored: 1 /dev/sysgenid ['x']"), status.stdout
+        first = status.stderr.splitlines()[0]
+        assert json.loads(first) == {"simulated_restore": 1} if json_output else (
+            first == "sysgenid-async: simulated restore: generation 1")
+        assert os.listdir(runtime) == [], "the script announced itself elsewhere, in a registry of its own"
+        failing = subprocess.run([sys.executable, "-m", "sysgenid_async", "simulate", "--restore-every", "0.2",
+                                  str(script), "fail"], capture_output=True, text=True, timeout=60)
+        assert failing.returncode == 3, failing.stderr
+    finally:
+        shutil.rmtree(runtime)
+
+
+def test_simulate_refuses_a_missing_script_and_leaves_the_device_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("simulate", "/nonexistent/script.py") == 2
+    assert capsys.readouterr().err == "sysgenid-async: simulate: /nonexistent/script.py: no such file\n"
+    assert cli("simulate", "--restore-every", "0", "x.py") == 2
+    assert "SYSGENID_SIMULATOR" not in os.environ

@@ -1,13 +1,14 @@
 """Every Python snippet in the README and docs/ runs, on the simulator, so none can rot.
 
-A snippet that defines tests runs under pytest (with the package's plugin). Any other runs as
-a program while a simulated device at the default path sees a restore every 50 ms: it must
-finish cleanly, or (a service's endless loop) still be running after a while, having printed.
+Each runs as docs/simulator.md tells a reader to run one (the command is read from that page):
+it must finish cleanly, or (a service's endless loop) still be running after a while, having
+printed. A snippet that defines tests runs under pytest (with the package's plugin).
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,36 +17,40 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SNIPPET = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
-PRELUDE = """
-import sys, threading
-from sysgenid_async.testing import SimulatedDevice
-simulator = SimulatedDevice()
-installation = simulator.installed()  # kept: dropping the context manager would uninstall it
-installation.__enter__()
-stop = threading.Event()
-def restores():
-    while not stop.wait(0.05):
-        simulator.bump()
-threading.Thread(target=restores, daemon=True).start()
-source = open(sys.argv[1]).read()
-exec(compile(source, sys.argv[1], "exec"), {"__name__": "__main__"})
-stop.set()
-"""
+DOCUMENTED_RUN = re.compile(r"^(sysgenid-async simulate .*snippet\.py)$", re.MULTILINE)
 
 
-def snippets() -> list[pytest.ParameterSet]:
+def documented_command(snippet: Path) -> list[str]:
+    """The command docs/simulator.md gives, for ``snippet`` (the program run as this Python's module)."""
+    found = DOCUMENTED_RUN.findall((ROOT / "docs" / "simulator.md").read_text())
+    assert len(found) == 1, "docs/simulator.md no longer shows one 'sysgenid-async simulate ... snippet.py'"
+    words = shlex.split(found[0])
+    return [sys.executable, "-m", "sysgenid_async", *words[1:-1], str(snippet)]
+
+
+#: Snippets using the client integrations need their extra: tests/integrations runs them.
+NEEDS_INTEGRATIONS = "sysgenid_async.integrations"
+
+
+def snippets(*, integrations: bool = False) -> list[pytest.ParameterSet]:
     found = []
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         text = page.read_text()
         for match in SNIPPET.finditer(text):
+            if (NEEDS_INTEGRATIONS in match.group(1)) != integrations:
+                continue
             line = text[: match.start()].count("\n") + 1
             found.append(pytest.param(match.group(1), id=f"{page.relative_to(ROOT)}:{line}"))
-    assert len(found) >= 10, "the snippet pattern no longer finds the docs' snippets"
+    assert len(found) >= (1 if integrations else 10), "the snippet pattern no longer finds the docs' snippets"
     return found
 
 
 @pytest.mark.parametrize("source", snippets())
 def test_snippet(source: str, tmp_path: Path) -> None:
+    run_snippet(source, tmp_path)
+
+
+def run_snippet(source: str, tmp_path: Path) -> None:
     if "def test_" in source:
         path = tmp_path / "test_snippet.py"
         path.write_text(source)
@@ -59,9 +64,7 @@ def test_snippet(source: str, tmp_path: Path) -> None:
         return
     path = tmp_path / "snippet.py"
     path.write_text(source)
-    process = subprocess.Popen(
-        [sys.executable, "-c", PRELUDE, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process = subprocess.Popen(documented_command(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = process.communicate(timeout=8)
     except subprocess.TimeoutExpired:

@@ -4,7 +4,7 @@
 
     async with watch() as changes:
         async for generation in changes:
-            reseed_and_rebuild()    # acknowledged once this body finishes
+            reseed_and_rebuild()    # acknowledged when the loop body finishes without an error
 
 This module holds the core: the handles and ``watch()``. The restore layer (hooks, the
 restore watcher, bound values, ready-made reseeds, the orchestrator) is

@@ -29,10 +29,16 @@ import anyio
 from . import __version__
 from .async_device import AsyncSysGenID
 from .blocking import BlockingSysGenID
-from .device import Device, WaitResult
+from .device import Device, WaitResult, resolve_device_path
 from .errors import DeviceNotFoundError, DevicePermissionError, SysGenIDError
 from .restore.orchestrator import likely_cause_of_timeout
-from .restore.registry import Registry, RegistryError, RegistryPermissionError, WatcherEntry
+from .restore.registry import (
+    RUNTIME_DIR_VARIABLE,
+    Registry,
+    RegistryError,
+    RegistryPermissionError,
+    WatcherEntry,
+)
 from .selftest import format_table, run_selftest
 from .timeouts import Deadline, validate_timeout
 from .uapi import Abi
@@ -227,6 +233,18 @@ def _build_parser() -> _Parser:
 
     demo = add_command("demo", help="an end-to-end story on the simulator: watchers, a bump, an orchestrator")
     demo.add_argument("--json", action="store_true", help="the story's lines as JSON strings, one per line")
+
+    simulate = add_command(
+        "simulate",
+        help="run a Python script on the simulator: a simulated device at --device (default: the default "
+        "path), restored every --restore-every seconds; the script's exit status",
+    )
+    simulate.add_argument("--restore-every", type=_positive_float, default=1.0, metavar="SECONDS",
+                          help="a simulated restore (a generation change) this often (default 1)")
+    simulate.add_argument("--json", action="store_true",
+                          help="report each simulated restore on stderr as a JSON object, not a sentence")
+    simulate.add_argument("script", metavar="SCRIPT", help="the Python file to run, as python3 SCRIPT would")
+    simulate.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARG", help="its arguments")
     return parser
 
 
@@ -516,6 +534,50 @@ def _demo(options: argparse.Namespace) -> int:
     return status
 
 
+def _simulate(options: argparse.Namespace) -> int:
+    import runpy
+    import tempfile
+    import threading
+
+    from .testing import SimulatedDevice
+
+    if not os.path.isfile(options.script):
+        print(f"sysgenid-async: simulate: {options.script}: no such file", file=sys.stderr)
+        return EXIT_USAGE
+    device = SimulatedDevice(abi=None if options.abi == "auto" else options.abi)
+    path = resolve_device_path(options.device)
+    stop = threading.Event()
+
+    def restores() -> None:
+        while not stop.wait(options.restore_every):
+            generation = device.bump()
+            report = json.dumps({"simulated_restore": generation}) if options.json else (
+                f"sysgenid-async: simulated restore: generation {generation}")
+            print(report, file=sys.stderr, flush=True)
+
+    saved_argv, saved_dir = sys.argv, os.environ.get(RUNTIME_DIR_VARIABLE)
+    restorer = threading.Thread(target=restores, name="sysgenid-async simulate", daemon=True)
+    # The script's restore watchers announce themselves in a registry of their own (unless
+    # --runtime-dir names one): a simulation never answers the machine's prepare.
+    with device.installed(path), tempfile.TemporaryDirectory(prefix="sysgenid-async-simulate-") as private:
+        os.environ[RUNTIME_DIR_VARIABLE] = options.runtime_dir or private
+        restorer.start()
+        sys.argv = [options.script, *options.arguments]
+        try:
+            runpy.run_path(options.script, run_name="__main__")
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
+        finally:
+            sys.argv = saved_argv
+            if saved_dir is None:
+                os.environ.pop(RUNTIME_DIR_VARIABLE, None)
+            else:
+                os.environ[RUNTIME_DIR_VARIABLE] = saved_dir
+            stop.set()
+            restorer.join()
+    return EXIT_OK
+
+
 _COMMANDS = {
     "status": _status,
     "watch": _watch,
@@ -526,4 +588,5 @@ _COMMANDS = {
     "resume": _lifecycle,
     "wait-ready": _wait_ready,
     "demo": _demo,
+    "simulate": _simulate,
 }

@@ -2,10 +2,10 @@
 
     async with watch() as changes:
         async for generation in changes:
-            rebuild_unique_state()      # acknowledged once this body finishes without error
+            rebuild_unique_state()      # acknowledged when the loop body finishes without an error
 
-A generation is acknowledged when the loop asks for the next one (the body finished), or
-when the ``async with`` block exits without an error. A body that raises leaves it
+A generation is acknowledged when the loop body finishes without an error: the loop asking
+for the next one, or the ``async with`` block exiting without an error, does it. A body that raises leaves it
 unacknowledged, and a new ``async for`` over the same watch delivers it again. The block
 closes the device; a watch left to the garbage collector is closed there too, with a
 ``ResourceWarning``, since when that happens is not something to rely on. A cancel that
@@ -30,9 +30,9 @@ __all__ = ["watch"]
 class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
     """Yield each new generation of the device; acknowledge it when the loop body is done.
 
-    - The generation yielded is acknowledged only when the next iteration starts, that
-      is, after the loop body finished without error, or when ``async with`` exits
-      without an error. A body that raises leaves it unacknowledged; a new ``async for``
+    - The generation yielded is acknowledged when the loop body finishes without an
+      error: the next iteration starting, or ``async with`` exiting without an error,
+      does it. A body that raises leaves it unacknowledged; a new ``async for``
       over the same watch yields it again.
     - Changes that pile up while the body runs coalesce to the latest: none is
       reported twice.
