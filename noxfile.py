@@ -71,8 +71,9 @@ def integrations(session: nox.Session) -> None:
     (installed here when missing: root)."""
     missing = [package for package, path in INTEGRATION_SERVERS.items() if not os.path.exists(path)]
     if missing:
-        session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing, external=True,
-                    env={"DEBIAN_FRONTEND": "noninteractive"})
+        apt_env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-q", external=True, env=apt_env)
+        session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing, external=True, env=apt_env)
     session.install("-e", ".[test,integrations]")
     session.run("pytest", "--integrations", "--junitxml=build/reports/integrations.xml",
                 *(session.posargs or ["tests/integrations"]))

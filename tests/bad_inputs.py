@@ -32,6 +32,7 @@ from sysgenid_async import (
 from sysgenid_async.cli import EXIT_CODES, cli
 from sysgenid_async.device import Device
 from sysgenid_async.errors import AbiMismatchError, NotASysGenIDDeviceError
+from sysgenid_async.integrations import reconnect_on_restore, reopen_on_restore
 from sysgenid_async.restore import (
     AsyncGenerationBound,
     GenerationBound,
@@ -43,6 +44,7 @@ from sysgenid_async.restore import (
 )
 from sysgenid_async.restore.gate import restored
 from sysgenid_async.restore.registry import Registry, RegistryError, RegistryPermissionError
+from sysgenid_async.restore.reseed import register_random
 from sysgenid_async.uapi import Abi
 
 
@@ -231,6 +233,13 @@ CASES: list[Case] = [
     Case("sysgenid-async wait-ready", "--channel in a missing directory",
          _cli("wait-ready", "--device", "{path}", "--channel", "{missing}/port"), 1),
     Case("sysgenid-async watch", "--exec-timeout 0", _cli("watch", "--device", "{path}", "--exec-timeout", "0"), 2),
+    Case("sysgenid-async simulate", "a missing script", _cli("simulate", "{missing}"), 2),
+    Case("sysgenid-async simulate", "--restore-every 0", _cli("simulate", "--restore-every", "0", "{missing}"), 2),
+    Case("register_random(rng)", "42 (not a generator)", lambda c: register_random(42), TypeError),  # type: ignore[type-var]
+    Case("reconnect_on_restore(client)", "an object it does not know",
+         lambda c: reconnect_on_restore(object(), hooks=RestoreHooks()), TypeError),
+    Case("reopen_on_restore(open)", "42 (not callable)", lambda c: reopen_on_restore(42, hooks=RestoreHooks()),  # type: ignore[arg-type]
+         TypeError),
 ]
 
 
