@@ -5,7 +5,7 @@
     engine = reconnect_on_restore(create_async_engine(url))      # SQLAlchemy
     pool = reconnect_on_restore(await asyncpg.create_pool(dsn))  # asyncpg
     cache = reconnect_on_restore(redis.asyncio.Redis())          # redis-py
-    session = reconnect_on_restore(botocore.session.get_session())
+    session = reconnect_on_restore(boto3.Session())                # boto3, botocore
     http = reopen_on_restore(httpx.AsyncClient)                  # httpx, aiohttp: rebuilt
 
 A clone holds the snapshot's sockets: connections whose peer belongs to the original VM, TLS
@@ -16,8 +16,9 @@ drops what it holds, in phase ``CONNECTIONS``:
 - SQLAlchemy ``Engine`` and ``AsyncEngine``: ``dispose()``, a new pool in place;
 - asyncpg ``Pool``: ``expire_connections()``, each replaced at its next acquire;
 - redis-py ``Redis`` (sync and asyncio): the pool's ``disconnect()``; the next command reconnects;
-- botocore ``Session`` or its ``RefreshableCredentials``: the credentials marked expired, so
-  the next request fetches new ones (the same object that clients made from it hold).
+- boto3 and botocore ``Session`` objects, or botocore ``RefreshableCredentials``: temporary
+  credentials marked expired, so the next request fetches new ones (the same object that
+  clients made from the session hold).
 
 httpx and aiohttp clients cannot drop their connections and go on, so
 :func:`reopen_on_restore` keeps one in a :class:`~sysgenid_async.restore.Reopenable`: a new
@@ -72,22 +73,44 @@ def _disconnect_redis(client: Any) -> object:
     return client.connection_pool.disconnect()
 
 
+def _private(owner: Any, name: str) -> Any:
+    """botocore keeps what a hook must reach in private attributes: a release that renames one
+    makes the hook fail, loudly, rather than leave the snapshot's credentials in place."""
+    if not hasattr(owner, name):
+        raise RuntimeError(
+            f"this botocore's {type(owner).__qualname__} has no {name}: its credentials cannot be marked expired"
+        )
+    return getattr(owner, name)
+
+
+@_action("boto3.session", "Session")
+def _expire_boto3_session(session: Any) -> None:
+    _expire_session_credentials(_private(session, "_session"))
+
+
 @_action("botocore.session", "Session")
 def _expire_session_credentials(session: Any) -> None:
     # What the session has resolved, if anything: get_credentials() would resolve them, and
     # a hook that fetches credentials before a snapshot puts them in it.
-    credentials = getattr(session, "_credentials", None)
+    credentials = _private(session, "_credentials")
     if credentials is not None:
-        _expire_credentials(credentials)
+        action = _find_action(credentials)
+        if action is not None:
+            action(credentials)
 
 
 @_action("botocore.credentials", "Credentials")
+def _static_credentials(credentials: Any) -> None:
+    """Static keys (environment, files) are the same in every clone and never expire: nothing to do."""
+
+
+@_action("botocore.credentials", "RefreshableCredentials")
 def _expire_credentials(credentials: Any) -> None:
-    # Static keys (environment, files) are the same in every clone and never expire: nothing to
-    # do. Temporary ones are marked expired: the next request refreshes them, under botocore's
-    # own lock (the refresh is a request; a hook makes none).
-    if hasattr(credentials, "_expiry_time") and hasattr(credentials, "_time_fetcher"):
-        credentials._expiry_time = credentials._time_fetcher() - datetime.timedelta(seconds=1)
+    # Temporary ones are marked expired: the next request refreshes them, under botocore's own
+    # lock (the refresh is a request; a hook makes none).
+    now = _private(credentials, "_time_fetcher")()
+    _private(credentials, "_expiry_time")
+    credentials._expiry_time = now - datetime.timedelta(seconds=1)
 
 
 def _find_action(resource: object) -> Callable[[Any], object] | None:

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import anyio
 import asyncpg
+import boto3
 import botocore.session
 import httpx
 import psycopg
@@ -262,9 +263,16 @@ def aws_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return counter
 
 
-async def test_botocore_credentials_are_fetched_again(aws_profile: Path, sysgenid_sim: SimulatedDevice) -> None:
+@pytest.mark.parametrize("library", ["botocore", "boto3"])
+async def test_botocore_credentials_are_fetched_again(
+    library: str, aws_profile: Path, sysgenid_sim: SimulatedDevice
+) -> None:
     hooks = RestoreHooks()
-    session = reconnect_on_restore(botocore.session.Session(profile="clone"), hooks=hooks)
+    if library == "boto3":
+        wrapper = reconnect_on_restore(boto3.Session(profile_name="clone"), hooks=hooks)
+        session = wrapper._session
+    else:
+        session = reconnect_on_restore(botocore.session.Session(profile="clone"), hooks=hooks)
     await prepare(hooks)  # before any request: resolves nothing, fetches nothing
     assert not await anyio.Path(aws_profile).exists()
     client = session.create_client("sts", region_name="us-east-1")
@@ -276,6 +284,25 @@ async def test_botocore_credentials_are_fetched_again(aws_profile: Path, sysgeni
     assert credentials.get_frozen_credentials().access_key == "AKID2"
     assert session.get_credentials() is credentials, "the object clients hold is the one refreshed"
     client.close()
+
+
+async def test_static_botocore_credentials_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSTATIC")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    hooks = RestoreHooks()
+    session = reconnect_on_restore(botocore.session.Session(), hooks=hooks)
+    credentials = session.get_credentials()
+    await prepare(hooks)
+    assert session.get_credentials() is credentials and credentials.access_key == "AKIDSTATIC"
+
+
+async def test_a_botocore_without_the_attribute_fails_the_hook_loudly(aws_profile: Path) -> None:
+    hooks = RestoreHooks()
+    session = reconnect_on_restore(botocore.session.Session(profile="clone"), hooks=hooks)
+    credentials = session.get_credentials()
+    del credentials._expiry_time  # as a botocore release that renamed it would be
+    errors = await hooks.run_lifecycle(HookKind.BEFORE_SNAPSHOT, 0)
+    assert len(errors) == 1 and "has no _expiry_time" in str(errors[0].__cause__)
 
 
 # -- OpenSSL's generators: Python's ssl and cryptography's own ---------------------------------
