@@ -371,8 +371,21 @@ def test_simulate_runs_a_script_on_a_restoring_simulator(
         shutil.rmtree(runtime)
 
 
+def test_simulate_runs_the_command_line_itself_as_a_module() -> None:
+    done = subprocess.run([sys.executable, "-m", "sysgenid_async", "simulate", "--abi", "v8", "--restore-every", "0.2",
+                           "-m", "sysgenid_async", "watch", "--json", "--count", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["generation"] for line in done.stdout.splitlines()] == [1, 2]
+    status = subprocess.run([sys.executable, "-m", "sysgenid_async", "simulate", "-m", "sysgenid_async", "status",
+                             "--json"], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and json.loads(status.stdout)["abi"] == "v4", status.stderr
+
+
 def test_simulate_refuses_a_missing_script_and_leaves_the_device_alone(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("simulate", "/nonexistent/script.py") == 2
     assert capsys.readouterr().err == "sysgenid-async: simulate: /nonexistent/script.py: no such file\n"
     assert cli("simulate", "--restore-every", "0", "x.py") == 2
+    assert cli("simulate", "-m", "no_such_module_here") == 2
+    assert capsys.readouterr().err.endswith("simulate: no module named no_such_module_here\n")
     assert "SYSGENID_SIMULATOR" not in os.environ

@@ -243,6 +243,9 @@ def _build_parser() -> _Parser:
                           help="a simulated restore (a generation change) this often (default 1)")
     simulate.add_argument("--json", action="store_true",
                           help="report each simulated restore on stderr as a JSON object, not a sentence")
+    simulate.add_argument("-m", dest="as_module", action="store_true",
+                          help="SCRIPT names a module, run as python3 -m SCRIPT would (-m sysgenid_async status: "
+                          "this command line on the simulator)")
     simulate.add_argument("script", metavar="SCRIPT", help="the Python file to run, as python3 SCRIPT would")
     simulate.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARG", help="its arguments")
     return parser
@@ -541,7 +544,17 @@ def _simulate(options: argparse.Namespace) -> int:
 
     from .testing import SimulatedDevice
 
-    if not os.path.isfile(options.script):
+    if options.as_module:
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(options.script) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            print(f"sysgenid-async: simulate: no module named {options.script}", file=sys.stderr)
+            return EXIT_USAGE
+    elif not os.path.isfile(options.script):
         print(f"sysgenid-async: simulate: {options.script}: no such file", file=sys.stderr)
         return EXIT_USAGE
     device = SimulatedDevice(abi=None if options.abi == "auto" else options.abi)
@@ -564,7 +577,10 @@ def _simulate(options: argparse.Namespace) -> int:
         restorer.start()
         sys.argv = [options.script, *options.arguments]
         try:
-            runpy.run_path(options.script, run_name="__main__")
+            if options.as_module:
+                runpy.run_module(options.script, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(options.script, run_name="__main__")
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
         finally:
