@@ -55,10 +55,21 @@ def _action(module: str, name: str) -> Callable[[Callable[[Any], object]], Calla
     return add
 
 
+def _close_on_checkin(dbapi_connection: object, entry: Any) -> None:
+    entry.close()
+
+
 @_action("sqlalchemy.engine.base", "Engine")
 @_action("sqlalchemy.ext.asyncio.engine", "AsyncEngine")
 def _dispose_engine(engine: Any) -> object:
-    # A new, empty pool in place; connections checked out now are discarded when returned.
+    # dispose(): a new, empty pool in place, the idle connections closed. The ones checked out
+    # go back to the old pool when returned, to wait there for the garbage collector: a
+    # listener closes each as it comes back, so the request that held it finishes on it and
+    # nothing of the snapshot stays open.
+    from sqlalchemy import event
+
+    old_pool = getattr(engine, "sync_engine", engine).pool
+    event.listen(old_pool, "checkin", _close_on_checkin)
     return engine.dispose()
 
 

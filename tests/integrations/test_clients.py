@@ -129,6 +129,22 @@ async def test_asyncpg_pool_replaces_its_connections(pg: Postgres, sysgenid_sim:
         await pool.close()
 
 
+async def test_an_asyncpg_connection_held_across_the_restore_is_closed_when_released(
+    pg: Postgres, sysgenid_sim: SimulatedDevice
+) -> None:
+    hooks = RestoreHooks()
+    pool = reconnect_on_restore(await asyncpg.create_pool(pg.url(), min_size=1, max_size=2), hooks=hooks)
+    try:
+        async with pool.acquire() as held:
+            pid = await held.fetchval("SELECT pg_backend_pid()")
+            await restore(sysgenid_sim, hooks)
+            assert await held.fetchval("SELECT 1") == 1, "the request that held it finishes on it"
+        await gone(pg, pid)
+        assert await pool.fetchval("SELECT pg_backend_pid()") != pid
+    finally:
+        await pool.close()
+
+
 # -- redis-py -----------------------------------------------------------------------------------
 
 
@@ -148,6 +164,49 @@ async def test_redis_asyncio_client_reconnects(redis_port: int, sysgenid_sim: Si
     finally:
         await client.aclose()
         observer.close()
+
+
+async def test_a_redis_command_in_flight_is_retried_on_a_new_connection(
+    redis_port: int, sysgenid_sim: SimulatedDevice
+) -> None:
+    """The restore closes the connection under a blocked BLPOP: redis-py's default retry (6.0
+    and later) sends it again on a new one, and the caller sees its normal answer."""
+    hooks = RestoreHooks()
+    client = reconnect_on_restore(redis.asyncio.Redis(port=redis_port), hooks=hooks)
+    answers: list[object] = []
+    try:
+        before = await client.client_id()
+
+        async def blocked() -> None:
+            answers.append(await client.blpop(["sysgenid-test-empty"], timeout=1))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(blocked)
+            await anyio.sleep(0.2)
+            await restore(sysgenid_sim, hooks)
+        assert answers == [None]
+        assert await client.client_id() != before
+    finally:
+        await client.aclose()
+
+
+async def test_a_sqlalchemy_connection_held_across_the_restore_is_closed_when_returned(
+    pg: Postgres, sysgenid_sim: SimulatedDevice
+) -> None:
+    hooks = RestoreHooks()
+    engine = reconnect_on_restore(create_async_engine(pg.url("postgresql+asyncpg")), hooks=hooks)
+    try:
+        async with engine.connect() as held:
+            pid = int((await held.execute(sqlalchemy.text("SELECT pg_backend_pid()"))).scalar_one())
+            await restore(sysgenid_sim, hooks)
+            # the request that held it finishes on it...
+            assert (await held.execute(sqlalchemy.text("SELECT 1"))).scalar_one() == 1
+        # ...and once returned, it is closed rather than pooled
+        await gone(pg, pid)
+        async with engine.connect() as fresh:
+            assert (await fresh.execute(sqlalchemy.text("SELECT pg_backend_pid()"))).scalar_one() != pid
+    finally:
+        await engine.dispose()
 
 
 async def test_redis_sync_client_reconnects(redis_port: int, sysgenid_sim: SimulatedDevice) -> None:
