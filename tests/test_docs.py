@@ -75,3 +75,24 @@ def run_snippet(source: str, tmp_path: Path) -> None:
         return
     assert process.returncode == 0, out + err
     assert "Traceback" not in err, err
+
+
+SHELL_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def simulator_page_commands() -> list[str]:
+    """The command lines docs/simulator.md shows that run the package's own module on the simulator."""
+    text = (ROOT / "docs" / "simulator.md").read_text()
+    found = [line for block in SHELL_BLOCK.findall(text) for line in block.splitlines()
+             if line.startswith("sysgenid-async simulate -m ")]
+    assert found, "docs/simulator.md no longer shows 'sysgenid-async simulate -m ...'"
+    return found
+
+
+@pytest.mark.parametrize("command", simulator_page_commands())
+def test_the_simulator_pages_commands_run_as_written(command: str) -> None:
+    words = shlex.split(command)
+    done = subprocess.run([sys.executable, "-m", "sysgenid_async", *words[1:]], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip(), "each prints what it found"

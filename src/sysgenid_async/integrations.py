@@ -39,7 +39,7 @@ from .restore.callbacks import maybe_await
 from .restore.hooks import Phase, RestoreHooks, restore_hooks
 from .restore.reseed import Reopenable
 
-__all__ = ["reconnect_on_restore", "reopen_on_restore", "stop_reconnecting", "supported_clients"]
+__all__ = ["reconnect_on_restore", "reopen_on_restore", "stop_reconnecting"]
 
 T = TypeVar("T")
 
@@ -132,7 +132,7 @@ def _find_action(resource: object) -> Callable[[Any], object] | None:
     return None
 
 
-def supported_clients() -> list[str]:
+def _supported_clients() -> list[str]:
     """The client classes :func:`reconnect_on_restore` knows, as ``module.Class``."""
     return sorted(f"{module}.{name}" for module, name in _ACTIONS)
 
@@ -170,7 +170,7 @@ def reconnect_on_restore(client: T, *, hooks: RestoreHooks | None = None) -> T:
     """Have ``client`` drop its connections (or credentials) before a snapshot and after a
     restore; returns it. ``hooks``: the registry (default: the process's).
 
-    :raises TypeError: a client this module does not know (see :func:`supported_clients`),
+    :raises TypeError: a client this module does not know (the error lists the ones it knows),
         or an httpx or aiohttp client, which :func:`reopen_on_restore` rebuilds instead.
     :raises ValueError: ``client`` is already registered on that registry.
     """
@@ -183,7 +183,7 @@ def reconnect_on_restore(client: T, *, hooks: RestoreHooks | None = None) -> T:
         )
         raise TypeError(
             f"reconnect_on_restore() does not know {kind.__module__}.{kind.__qualname__}{advice}; "
-            f"it knows {', '.join(supported_clients())}"
+            f"it knows {', '.join(_supported_clients())}"
         )
     _register(client, lambda: action(client), hooks, f"reconnect {type(client).__qualname__}")
     return client

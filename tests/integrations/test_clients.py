@@ -8,8 +8,8 @@ before-snapshot pass (``sysgenid-async prepare``) is checked the same way.
 from __future__ import annotations
 
 import http.server
-import json
 import ssl
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -29,7 +29,7 @@ import redis.asyncio
 import sqlalchemy
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sysgenid_async.integrations import reconnect_on_restore, reopen_on_restore, stop_reconnecting, supported_clients
+from sysgenid_async.integrations import _supported_clients, reconnect_on_restore, reopen_on_restore, stop_reconnecting
 from sysgenid_async.restore import HookKind, Reopenable, RestoreHooks, restore_watcher
 from sysgenid_async.restore import reseed as reseed_module
 from sysgenid_async.testing import SimulatedDevice
@@ -417,7 +417,7 @@ def test_unknown_clients_are_refused_and_nothing_is_registered() -> None:
     with pytest.raises(TypeError, match="close must be callable, not str"):
         reopen_on_restore(httpx.AsyncClient, "aclose", hooks=hooks)  # type: ignore[arg-type]
     assert len(hooks) == 0 and not hooks.lifecycle_hooks(HookKind.BEFORE_SNAPSHOT)
-    assert "asyncpg.pool.Pool" in supported_clients()
+    assert "asyncpg.pool.Pool" in _supported_clients()
 
 
 def test_a_client_registers_once_per_registry_and_stops_explicitly(redis_port: int) -> None:
@@ -445,4 +445,20 @@ def test_the_process_registry_is_the_default(redis_port: int) -> None:
         assert [hook.name for hook in restore_hooks.hooks] == ["reconnect Redis"]
         assert stop_reconnecting(client) and len(restore_hooks) == 0
         client.close()
-    assert json.dumps(supported_clients())
+
+
+def test_nothing_is_imported_that_the_service_did_not_import() -> None:
+    """Every client package is installed here: the integrations and the default hooks import none."""
+    code = """
+import sys, anyio
+from sysgenid_async.integrations import reconnect_on_restore, reopen_on_restore
+from sysgenid_async.restore import RestoreHooks, install_default_hooks
+hooks = install_default_hooks(RestoreHooks())
+anyio.run(hooks.run, 1)
+clients = ("sqlalchemy", "asyncpg", "psycopg", "redis", "httpx", "aiohttp", "botocore", "boto3", "cryptography",
+           "numpy")
+print(sorted(name for name in clients if name in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
