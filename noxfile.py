@@ -1,9 +1,10 @@
 """Project tasks. ``nox`` (the default sessions) is what CI runs: lint, types, the docs
 site, the host suite on every supported Python (3.14 and 3.15 in a Debian sid root), the
-client integrations against real PostgreSQL and Redis servers, the kernel-device suite in the QEMU guest on the newest Debian kernel with Python 3.15 (our
-module in both ABIs and both shipped-driver flavours), the driver's conformance on the
-other kernels (the host's, Debian 13's) and against a one-ABI build without a parameter,
-DKMS, and the clone test on the host's and the newest generic kernel."""
+client integrations against real PostgreSQL and Redis servers, the kernel-device suite in the
+QEMU guest on the newest Debian kernel with Python 3.15 (our module in both ABIs and both
+shipped-driver flavours), the driver's conformance on the other kernels (the host's, Debian
+13's) and against a one-ABI build without a parameter, DKMS, and the clone test on the host's
+and the newest generic kernel."""
 
 from __future__ import annotations
 
