@@ -315,8 +315,7 @@ def _registered(options: argparse.Namespace) -> tuple[list[WatcherEntry], int]:
 
 
 def _entry_record(entry: WatcherEntry, generation: int) -> dict[str, object]:
-    return {"pid": entry.pid, "service": entry.service, "state": entry.state, "acknowledged": entry.acknowledged,
-            "late": entry.late_for(generation), "failing_hook": entry.failing_hook, "error": entry.error}
+    return {**entry.summary(), "acknowledged": entry.acknowledged, "late": entry.late_for(generation)}
 
 
 def _watcher_table(entries: list[WatcherEntry], generation: int) -> str:

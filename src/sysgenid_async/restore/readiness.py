@@ -73,8 +73,7 @@ class Readiness:
             "generation": self.generation,
             "ready": self.ready,
             "watchers": len(self.watchers),
-            "late": [{"pid": e.pid, "service": e.service, "state": e.state, "failing_hook": e.failing_hook,
-                      "error": e.error} for e in self.late],
+            "late": [e.summary() for e in self.late],
             "time": time.time(),
         }
 

@@ -127,6 +127,11 @@ class WatcherEntry:
         """Whether this process has not yet acknowledged ``generation``."""
         return self.acknowledged != generation
 
+    def summary(self) -> dict[str, object]:
+        """Who it is and what its hooks are doing: what the CLI and the readiness channel report."""
+        return {"pid": self.pid, "service": self.service, "state": self.state, "failing_hook": self.failing_hook,
+                "error": self.error}
+
 
 _FIELDS = dataclasses.fields(WatcherEntry)
 
