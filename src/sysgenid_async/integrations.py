@@ -5,7 +5,7 @@
     engine = reconnect_on_restore(create_async_engine(url))      # SQLAlchemy
     pool = reconnect_on_restore(await asyncpg.create_pool(dsn))  # asyncpg
     cache = reconnect_on_restore(redis.asyncio.Redis())          # redis-py
-    session = reconnect_on_restore(boto3.Session())                # boto3, botocore
+    session = reconnect_on_restore(boto3.Session())              # boto3, botocore
     http = reopen_on_restore(httpx.AsyncClient)                  # httpx, aiohttp: rebuilt
 
 A clone holds the snapshot's sockets: connections whose peer belongs to the original VM, TLS
@@ -13,9 +13,11 @@ sessions with the same keys and sequence numbers, temporary credentials fetched 
 snapshot. Before a snapshot (``sysgenid-async prepare``) and after a restore, each client here
 drops what it holds, in phase ``CONNECTIONS``:
 
-- SQLAlchemy ``Engine`` and ``AsyncEngine``: ``dispose()``, a new pool in place;
+- SQLAlchemy ``Engine`` and ``AsyncEngine``: ``dispose()``, a new pool in place (a connection
+  checked out meanwhile is closed when it is returned);
 - asyncpg ``Pool``: ``expire_connections()``, each replaced at its next acquire;
-- redis-py ``Redis`` (sync and asyncio): the pool's ``disconnect()``; the next command reconnects;
+- redis-py ``Redis`` (sync and asyncio): the pool's ``disconnect()``; the next command reconnects
+  (one in flight is sent again by redis-py's retry);
 - boto3 and botocore ``Session`` objects, or botocore ``RefreshableCredentials``: temporary
   credentials marked expired, so the next request fetches new ones (the same object that
   clients made from the session hold).
