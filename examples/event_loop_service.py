@@ -19,7 +19,7 @@ from sysgenid_async.restore import restore_watcher
 from sysgenid_async.restore.reseed import ProcessIdentity, install_default_hooks
 
 instance = ProcessIdentity()
-install_default_hooks()  # reseed random (and numpy), renew identities: on the process-wide registry
+install_default_hooks()  # reseed random, numpy, OpenSSL; renew identities: on the process-wide registry
 
 
 async def handle(client: anyio.abc.SocketStream) -> None:
