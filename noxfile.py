@@ -8,6 +8,7 @@ and the newest generic kernel."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -62,7 +63,8 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", f"--junitxml={report}", *flavours, *session.posargs)
 
 
-INTEGRATION_SERVERS = {"postgresql": "/usr/lib/postgresql", "redis-server": "/usr/bin/redis-server"}
+# Debian's package -> a file only it installs (the client packages share /usr/lib/postgresql).
+INTEGRATION_SERVERS = {"postgresql": "/usr/lib/postgresql/*/bin/postgres", "redis-server": "/usr/bin/redis-server"}
 
 
 @nox.session(python=GUEST_PYTHON)
@@ -70,7 +72,7 @@ def integrations(session: nox.Session) -> None:
     """The client integrations against the real libraries (the ``integrations`` extra) and real
     PostgreSQL and Redis servers, which the tests start on loopback from Debian's packages
     (installed here when missing: root)."""
-    missing = [package for package, path in INTEGRATION_SERVERS.items() if not os.path.exists(path)]
+    missing = [package for package, pattern in INTEGRATION_SERVERS.items() if not glob.glob(pattern)]
     if missing:
         apt_env = {"DEBIAN_FRONTEND": "noninteractive"}
         session.run("apt-get", "update", "-q", external=True, env=apt_env)
