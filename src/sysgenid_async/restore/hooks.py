@@ -44,8 +44,8 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from ..timeouts import validate_timeout
-from .gate import HookRun, RestoreGate
+from ..timeouts import Deadline, validate_timeout
+from .gate import LifecyclePass, RestoreGate, RestoreProgress, run_restore_pass
 
 if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
     from exceptiongroup import ExceptionGroup
@@ -165,23 +165,38 @@ class RestoreHook:
             result = function(generation)
             if self.is_async:
                 await result  # type: ignore[misc]
-            return
-        with anyio.fail_after(self.timeout):
-            if self.is_async:
+        elif self.is_async:
+            with anyio.fail_after(self.timeout):
                 await function(generation)  # type: ignore[misc]
-            else:
-                # A sync hook can only be timed out from outside: it runs in a worker thread,
-                # which finishes in the background if it overruns (counted until it does).
-                from anyio import to_thread  # on first use: slow to import, and most hooks need none
+        else:
+            await self._run_in_thread(function, self.timeout, generation)
 
-                await to_thread.run_sync(self._run_counted, function, generation, abandon_on_cancel=True)
+    async def _run_in_thread(self, function: HookFunction, timeout: float, generation: int) -> None:
+        """A sync hook can only be timed out from outside, so it runs in a worker thread. On its
+        timeout the thread is left to finish (counted: no second copy starts meanwhile). When
+        the caller is cancelled (a newer generation), it is waited for, up to its timeout, so
+        that the next pass never overlaps it."""
+        from anyio import to_thread  # on first use: slow to import, and most hooks need none
 
-    def _run_counted(self, function: HookFunction, generation: int) -> None:
+        finished = threading.Event()
+        deadline = Deadline(timeout)
+        try:
+            with anyio.move_on_after(timeout) as timer:
+                await to_thread.run_sync(self._run_counted, function, generation, finished, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(finished.wait, deadline.remaining())
+            raise
+        if timer.cancelled_caught:
+            raise TimeoutError(f"{self.name} ran for more than {timeout:g} s")
+
+    def _run_counted(self, function: HookFunction, generation: int, finished: threading.Event) -> None:
         self._abandoned += 1
         try:
             function(generation)
         finally:
             self._abandoned -= 1
+            finished.set()
 
     async def attempt(self, generation: int, kind: HookKind = HookKind.RESTORE) -> HookError | None:
         """Run it; its failure (logged), or None. A cancellation of the caller propagates."""
@@ -365,28 +380,39 @@ class RestoreHooks:
             return sorted(hooks, key=lambda h: (-h.priority, h.sequence))
         return sorted(hooks, key=_run_order)
 
-    async def run_lifecycle(
-        self, kind: HookKind, generation: int, timeout: float | None = None
-    ) -> list[HookError]:
-        """Run every hook of ``kind`` once, in order; the failures (each also logged).
+    async def run_lifecycle(self, kind: HookKind, generation: int, timeout: float | None = None) -> LifecyclePass:
+        """Run every hook of ``kind`` once, in order, in the caller's task; what failed and
+        what the budget left unrun. A service's restore watcher runs them through its
+        :attr:`gate` instead, one pass at a time."""
+        result = LifecyclePass()
+        await self.run_lifecycle_into(result, kind, generation, validate_timeout(timeout))
+        return result
+
+    async def run_lifecycle_into(
+        self, result: LifecyclePass, kind: HookKind, generation: int, budget: float | None
+    ) -> None:
+        """Run every hook of ``kind`` once, in order, noting into ``result`` as it goes (a
+        cancelled pass leaves what it did there).
 
         Unlike a restore pass, a failure does not stop the others: before a snapshot every
-        pool that can be closed should be. ``timeout`` bounds the whole pass (each hook also
-        has its own); the hooks it leaves unrun are failures that say so.
+        pool that can be closed should be. ``budget`` bounds the whole pass (each hook also
+        has its own timeout): the hook it interrupts has timed out, the ones after it are
+        not run.
         """
-        seconds = validate_timeout(timeout)
-        errors: list[HookError] = []
         hooks = self.lifecycle_hooks(kind)
-        done = 0
-        with anyio.move_on_after(math.inf if seconds is None else seconds):
+        result.not_run = list(hooks)
+        deadline = Deadline(budget)  # a run of sync hooks never yields: each looks before it starts
+        with anyio.move_on_after(math.inf if budget is None else budget) as budget_scope:
             for hook in hooks:
+                if deadline.expired():
+                    break
                 error = await hook.attempt(generation, kind)
+                del result.not_run[0]
                 if error is not None:
-                    errors.append(error)
-                done += 1
-        for hook in hooks[done:]:  # interrupted by the pass's timeout, or never started
-            errors.append(hook._failed(generation, TimeoutError(f"the {kind.value} pass ran out of time"), kind))
-        return errors
+                    result.errors.append(error)
+        if budget_scope.cancelled_caught and result.not_run:
+            interrupted = result.not_run.pop(0)
+            result.errors.append(interrupted._failed(generation, TimeoutError(f"the {kind.value} pass ran out of time"), kind))
 
     def replace_hooks(self, hooks: list[RestoreHook], kind: HookKind = HookKind.RESTORE) -> list[RestoreHook]:
         """Put ``hooks`` in place of the registered ones of ``kind``; returns those (test isolation)."""
@@ -408,18 +434,18 @@ class RestoreHooks:
         return len(self.hooks)
 
     async def run(self, generation: int) -> None:
-        """Run one pass of the hooks for ``generation``, in order, whatever the gate says.
+        """Run one pass of the hooks for ``generation``, in order, in the caller's task, whatever
+        the gate says (a service's restore watcher runs them through :attr:`gate`).
 
         When a hook fails, the rest of its phase still runs, later phases do not, and the
         failures are logged and raised together as a :class:`RestoreHooksError`. A
         cancellation of the caller is not a failure: it propagates at once. A hook that
         raises a cancellation by itself, with nothing cancelling the caller, has failed.
-        (The restore watcher runs the hooks through :attr:`gate`, once per generation.)
         """
-        run = HookRun(generation, self.hooks)
-        await RestoreGate(self).drive(run)
-        if run.errors:
-            raise RestoreHooksError(generation, run.errors)
+        progress = RestoreProgress(generation, self.hooks)
+        await run_restore_pass(progress)
+        if progress.errors:
+            raise RestoreHooksError(generation, progress.errors)
 
 
 class LifecycleRegistrar:

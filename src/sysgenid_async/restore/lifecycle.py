@@ -2,10 +2,14 @@
 socket, prepare and resume, and its systemd notifications.
 
 States (the ``state`` of its entry): ``ready`` → (a restore) ``restoring`` → ``ready`` or
-``failed``; ``ready`` → (``prepare``) ``preparing`` → ``prepared`` → (``resume``)
-``resuming`` → ``ready``; or, from ``prepared``, a restore: the restore hooks run as for
-any restore, and count as the resume (the resume hooks do not run). One step at a time:
-a prepare waits for a restore's first pass over the hooks, and the other way round.
+``failed``; ``ready`` → (``prepare``) ``preparing`` → ``prepared`` or, when a hook failed or
+the budget left one unrun, ``failed``; ``prepared`` or a failed prepare → (``resume``)
+``resuming`` → ``ready`` (or ``failed``); or, from any of them, a restore: the restore hooks
+run as for any restore, and count as the resume (the resume hooks do not run).
+
+Prepare and resume are requests to the restore watcher: its task runs their passes, one at
+a time with the restore passes (the gate's one turn); a connection only waits for the reply.
+A restore cancels a before-snapshot or resume pass at its next checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ import anyio
 import anyio.abc
 
 from . import control
+from .gate import LifecyclePass
 from .hooks import HookError, HookKind, RestoreHooks, RestoreHooksError
 from .readiness import reloading_state, sd_notify
 from .registry import Registry, WatcherEntry, WatcherState, process_start_time
@@ -37,8 +43,25 @@ _instances_lock = threading.Lock()
 DEFAULT_PREPARE_SECONDS = 30.0
 
 
+#: How the runner runs a lifecycle pass: ``run(kind, generation, budget)``.
+PassRunner = Callable[[HookKind, int, "float | None"], Awaitable[LifecyclePass]]
+
+
 def _hook_errors(errors: list[HookError]) -> list[dict[str, str]]:
     return [{"hook": e.hook.name, "error": repr(e.__cause__)} for e in errors]
+
+
+class _Request:
+    """A prepare or resume asked on the control socket, waiting for the runner."""
+
+    __slots__ = ("abandoned", "done", "op", "reply", "timeout")
+
+    def __init__(self, op: str, timeout: float | None) -> None:
+        self.op = op
+        self.timeout = timeout
+        self.done = anyio.Event()
+        self.abandoned = False  # the asking connection went away before the runner took it
+        self.reply: dict[str, Any] = {"ok": False, "error": "the restore watcher stopped before it ran the request"}
 
 
 class ProcessLifecycle:
@@ -61,7 +84,9 @@ class ProcessLifecycle:
         self.instance = 0
         self._generation = generation
         self._notify = notify
-        self._step = anyio.Lock()  # prepare, resume and a restore's first pass: one at a time
+        self._requests: deque[_Request] = deque()  # filled by connections, emptied by the runner
+        #: Called when a request arrives: the runner (the restore watcher) sets it to wake itself.
+        self.wake_runner: Callable[[], None] = lambda: None
         self.state = WatcherState.READY
         self.acknowledged: int | None = None
         self.failing_hook: str | None = None
@@ -108,64 +133,102 @@ class ProcessLifecycle:
                 _instances.discard(self.instance)
 
     async def dispatch(self, op: str, message: Mapping[str, Any]) -> dict[str, Any]:
-        if op == "prepare":
-            return await self.prepare(message.get("timeout"))
-        if op == "resume":
-            return await self.resume(message.get("timeout"))
+        if op in ("prepare", "resume"):
+            return await self._ask_runner(op, message.get("timeout"))
         return {"ok": True, **self.status()}
 
     def status(self) -> dict[str, Any]:
         return {"pid": self.pid, "service": self.service, "state": self.state, "acknowledged": self.acknowledged,
                 "prepared_at": self.prepared_at}
 
-    async def prepare(self, timeout: float | None = None) -> dict[str, Any]:
+    async def _ask_runner(self, op: str, timeout: float | None) -> dict[str, Any]:
+        if self._requests:
+            return {"ok": False, **self.status(), "error": f"busy: a {self._requests[0].op} is queued; try again"}
+        request = _Request(op, timeout)
+        self._requests.append(request)
+        self.wake_runner()
+        try:
+            await request.done.wait()
+        finally:
+            request.abandoned = True  # if the runner has not taken it yet, it never will
+        return request.reply
+
+    @property
+    def has_requests(self) -> bool:
+        return bool(self._requests)
+
+    async def run_requests(self, run: PassRunner) -> None:
+        """The runner's side: answer the queued prepare and resume requests, one at a time."""
+        while self._requests:
+            request = self._requests.popleft()
+            if request.abandoned:
+                continue
+            try:
+                if request.op == "prepare":
+                    request.reply = await self._prepare(run, request.timeout)
+                else:
+                    request.reply = await self._resume(run, request.timeout)
+            finally:
+                request.done.set()
+
+    async def _prepare(self, run: PassRunner, timeout: float | None) -> dict[str, Any]:
         """Run the before-snapshot hooks, connections first; the reply for the control channel."""
-        if self._step.locked():
-            return {"ok": False, **self.status(), "error": f"busy: {self.state}; try again"}
-        async with self._step:
-            if self.state == WatcherState.PREPARED:
-                return {"ok": True, **self.status(), "note": "already prepared"}
-            generation = self._generation()
-            self._announce(WatcherState.PREPARING)
-            errors = await self.hooks.run_lifecycle(
-                HookKind.BEFORE_SNAPSHOT, generation, DEFAULT_PREPARE_SECONDS if timeout is None else timeout
-            )
-            restored = self._generation() != generation
-            if restored:
-                # Restored from a snapshot taken mid-prepare: this is a clone now; its
-                # restore hooks run next (the watcher waits for this step) and count as the resume.
-                self.prepared_at = None
-                self._announce(WatcherState.RESTORING)
-            else:
-                self.prepared_at = generation
-                self._announce(WatcherState.PREPARED)
-        reply: dict[str, Any] = {"ok": not errors and not restored, **self.status(), "errors": _hook_errors(errors)}
-        if restored:
-            reply["error"] = "a restore happened during prepare: the restore hooks run instead"
-        elif errors:
-            reply["error"] = f"{len(errors)} before-snapshot hook(s) failed"
+        if self.state == WatcherState.PREPARED:
+            return {"ok": True, **self.status(), "note": "already prepared"}
+        generation = self._generation()
+        self._announce(WatcherState.PREPARING)
+        result = await run(HookKind.BEFORE_SNAPSHOT, generation, DEFAULT_PREPARE_SECONDS if timeout is None else timeout)
+        if result.superseded:
+            # Restored from a snapshot taken mid-prepare: this is a clone now; its restore
+            # hooks run next and count as the resume.
+            self.prepared_at = None
+            self._announce(WatcherState.RESTORING)
+            return self._reply(result, "a restore happened during prepare: the restore hooks run instead")
+        self.prepared_at = generation  # even after a failure: resume may undo what ran
+        return self._settle(result, WatcherState.PREPARED, "before-snapshot")
+
+    async def _resume(self, run: PassRunner, timeout: float | None) -> dict[str, Any]:
+        """Run the resume hooks after a prepare (succeeded or failed) that no restore followed."""
+        if self.prepared_at is None:
+            return {"ok": False, **self.status(), "error": f"not prepared (state {self.state}): nothing to resume"}
+        self._announce(WatcherState.RESUMING)
+        result = await run(HookKind.RESUME, self.prepared_at, timeout)
+        if result.superseded:
+            self.prepared_at = None
+            self._announce(WatcherState.RESTORING)
+            return self._reply(result, "a restore happened during resume: the restore hooks run instead")
+        caught_up = self.acknowledged == self._generation()
+        reply = self._settle(result, WatcherState.READY if caught_up else WatcherState.RESTORING, "resume")
+        if reply["ok"]:
+            self.prepared_at = None
+            reply["prepared_at"] = None
         return reply
 
-    async def resume(self, timeout: float | None = None) -> dict[str, Any]:
-        """Run the resume hooks after a prepare that no restore followed."""
-        if self._step.locked():
-            return {"ok": False, **self.status(), "error": f"busy: {self.state}; try again"}
-        async with self._step:
-            if self.state != WatcherState.PREPARED or self.prepared_at is None:
-                return {"ok": False, **self.status(), "error": f"not prepared (state {self.state}): nothing to resume"}
-            errors = await self.hooks.run_lifecycle(HookKind.RESUME, self.prepared_at, timeout)
-            self.prepared_at = None
-            self._announce(WatcherState.READY if self.acknowledged == self._generation() else WatcherState.RESTORING)
-        reply: dict[str, Any] = {"ok": not errors, **self.status(), "errors": _hook_errors(errors)}
-        if errors:
-            reply["error"] = f"{len(errors)} resume hook(s) failed"
+    def _settle(self, result: LifecyclePass, success: str, kind: str) -> dict[str, Any]:
+        """The state and the reply after a lifecycle pass that no restore interrupted."""
+        if not result.errors and not result.not_run:
+            self.failing_hook = self.error = None
+            self._announce(success)
+            return self._reply(result, None)
+        if result.errors:
+            first = result.errors[0]
+            self.failing_hook, self.error = first.hook.name, repr(first.__cause__)
+        else:
+            self.failing_hook, self.error = result.not_run[0].name, "not run: the pass ran out of time"
+        self._announce(WatcherState.FAILED)
+        problems = [f"{len(result.errors)} {kind} hook(s) failed"] if result.errors else []
+        if result.not_run:
+            problems.append(f"{len(result.not_run)} not run (the pass ran out of time)")
+        return self._reply(result, "; ".join(problems))
+
+    def _reply(self, result: LifecyclePass, error: str | None) -> dict[str, Any]:
+        reply: dict[str, Any] = {"ok": error is None, **self.status(), "errors": _hook_errors(result.errors),
+                                 "not_run": [hook.name for hook in result.not_run]}
+        if error is not None:
+            reply["error"] = error
         return reply
 
     # The restore watcher's side.
-
-    def restore_step(self) -> anyio.Lock:
-        """Held around a restore's first pass over the hooks (see the module docstring)."""
-        return self._step
 
     def restoring(self, generation: int) -> None:
         """A new generation arrived: the restore counts as the resume of any prepare."""
@@ -183,7 +246,7 @@ class ProcessLifecycle:
     def will_acknowledge(self, generation: int) -> None:
         """Announced before the kernel hears it: an entry never claims less than the kernel knows."""
         self.acknowledged = generation
-        self.failing_hook = None
+        self.failing_hook = self.error = None
         self._announce(WatcherState.READY)
 
     def acknowledged_to_kernel(self, generation: int) -> None:

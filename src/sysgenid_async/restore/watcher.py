@@ -1,33 +1,27 @@
-"""One kernel watcher per process, serving every restore hook and subscriber.
+"""One kernel watcher per process: the one runner of its registry's hooks, and the feed of its subscribers.
 
     async with restore_watcher():      # in the service's main, or an ASGI lifespan
         await serve()
 
-On each change of generation the watcher drives its registry's run of the hooks (through
-the registry's :class:`~sysgenid_async.restore.gate.RestoreGate`, which a generation-bound value
-or ``await restored()`` may have started first: each hook runs once per pass), then hands
-the generation to every subscriber (:meth:`RestoreWatcher.subscribe`), and acknowledges it
-to the kernel only when every hook succeeded and every subscriber has handled it (its loop
-body finished and the next iteration began). Until then the process shows as outdated,
-so an orchestrator sees it. A subscriber that stops (``break``, an error, ``close()``)
-no longer counts, as a closed file no longer counts for the kernel: a failure that must
-hold the acknowledgement belongs in a hook. Subscribers get the generation after the
-first pass over the hooks, whether it succeeded or not (``last_error`` tells).
-
-One watcher per registry: a second one on the same registry (by default, the process's)
-is refused with :class:`~sysgenid_async.restore.RestoreWatcherRunningError`.
-
-The watcher also takes part in the snapshot lifecycle (docs/lifecycle.md): it announces
-its process in the machine's watcher registry (``announce=False`` to stay out), answers
-``prepare`` and ``resume`` on its control socket by running the registry's before-snapshot
-and resume hooks, and, under systemd with ``NOTIFY_SOCKET``, sends ``RELOADING=1`` when a
-change arrives and ``READY=1`` once it acknowledged it.
-
-Retry policy: when a hook fails, the pass stops after its phase; the retry runs that
-phase again and every later one, after ``initial_delay`` seconds, doubling up to
-``max_delay``, up to ``max_attempts`` times (default: for ever). A newer generation
-cancels the retries: every hook then runs for it. Once the attempts are used up, the
-generation stays unacknowledged until the next one.
+- Its task is the only place where its registry's hooks run: restore passes on each change of
+  generation, before-snapshot and resume passes when the control socket asks (docs/lifecycle.md),
+  one at a time (:mod:`~sysgenid_async.restore.gate`). Requests and threads wait for it.
+- A newer generation cancels the running pass at its next checkpoint; the next pass is the newer one's.
+- After the first pass over the hooks (succeeded or not: ``last_error`` tells), every subscriber
+  (:meth:`RestoreWatcher.subscribe`) is offered the generation.
+- It acknowledges to the kernel only once every hook succeeded and every subscriber has handled
+  the generation (its loop body finished and the next iteration began); until then the process
+  shows as outdated, so an orchestrator sees it. A subscriber that stops (``break``, an error,
+  ``close()``) no longer counts, as a closed file no longer counts for the kernel.
+- Retries: after a failed pass, the failed phase and every later one run again after
+  ``initial_delay`` seconds, doubling up to ``max_delay``, up to ``max_attempts`` times (default:
+  for ever); a newer generation ends them. Once they are used up, the generation stays
+  unacknowledged until the next one.
+- One watcher per registry: a second one is refused with
+  :class:`~sysgenid_async.restore.RestoreWatcherRunningError`.
+- It announces its process in the machine's watcher registry (``announce=False`` to stay out)
+  and, under systemd with ``NOTIFY_SOCKET``, sends ``RELOADING=1`` when a change arrives and
+  ``READY=1`` once it acknowledged it.
 """
 
 from __future__ import annotations
@@ -37,9 +31,9 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 from anyio.abc import AsyncResource
@@ -49,8 +43,9 @@ if TYPE_CHECKING:
 
 from ..async_device import AsyncSysGenID, moved_on
 from ..device import AbiChoice
-from .gate import HookRun
-from .hooks import RestoreHooks, RestoreHooksError, restore_hooks
+from ..timeouts import Deadline
+from .gate import LifecyclePass, PassOutcome
+from .hooks import HookKind, RestoreHooks, RestoreHooksError, restore_hooks
 from .lifecycle import ProcessLifecycle
 from .registry import RUNTIME_DIR_VARIABLE, Registry, RegistryError, RegistryPermissionError, service_name
 
@@ -60,6 +55,8 @@ if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
 __all__ = ["RestoreWatcher", "RetryPolicy", "Subscription", "restore_watcher"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -182,6 +179,7 @@ class RestoreWatcher:
         self._subscribers: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._offered: int | None = None
         self._progress = anyio.Event()
+        self._interrupt: anyio.CancelScope | None = None  # the runner's current wait, which a request ends
         #: The last generation acknowledged to the kernel.
         self.acknowledged: int | None = None
         #: The last hook failures, or None when the last generation's hooks all succeeded.
@@ -266,29 +264,27 @@ class RestoreWatcher:
                     subscription.close()
 
     async def _watch(self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle) -> None:
-        if self.hooks.gate.pending_run(handle.generation) is not None:
+        lifecycle.wake_runner = self._wake_for_request
+        if self.hooks.gate.needs_restore(handle.generation):
             # The process lived through a restore before this watcher started (a bound
             # value saw the old generation): its hooks have not run for this one.
             await self._handle_generation(handle, lifecycle, handle.generation)
         while True:
-            generation = await handle.wait_for_change()
+            generation = await self._serving_requests(lifecycle, handle.wait_for_change)
             await self._handle_generation(handle, lifecycle, generation)
 
     async def _handle_generation(self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle, generation: int) -> None:
-        gate = self.hooks.gate
         lifecycle.restoring(generation)
-        async with lifecycle.restore_step():  # after a prepare or resume under way
-            run = gate.pending_run(generation)
-            hooks_ok = run is None or await gate.drive(run)
-        self.last_error = None if run is None or hooks_ok else RestoreHooksError(generation, run.errors)
-        if handle.generation != generation:
+        outcome = await self._restore_pass(handle, generation)
+        if outcome is PassOutcome.SUPERSEDED:
             return  # a newer generation arrived: start over with it
         waiting = self._offer(generation)  # after the first pass, whatever it gave
-        if run is not None and not hooks_ok:
+        hooks_ok = outcome is PassOutcome.SUCCEEDED
+        if not hooks_ok:
             assert self.last_error is not None
             lifecycle.failed(self.last_error)
-            hooks_ok = await self._retry(handle, run, lifecycle)
-        if hooks_ok and await self._subscribers_done(handle, generation, waiting):
+            hooks_ok = await self._retry(handle, lifecycle, generation)
+        if hooks_ok and await self._subscribers_done(handle, lifecycle, generation, waiting):
             if handle.generation == generation:
                 lifecycle.will_acknowledge(generation)
             if handle.ack_unless_moved_on(generation):  # else a newer one came: handled next
@@ -296,22 +292,51 @@ class RestoreWatcher:
                 lifecycle.acknowledged_to_kernel(generation)
             return
         # Stay outdated until the next generation, so an orchestrator sees the failure.
-        await moved_on(handle, generation, None)
+        await self._serving_requests(lifecycle, lambda: moved_on(handle, generation, None))
 
-    async def _retry(self, handle: AsyncSysGenID, run: HookRun, lifecycle: ProcessLifecycle) -> bool:
+    async def _restore_pass(self, handle: AsyncSysGenID, generation: int) -> PassOutcome:
+        """One restore pass by the gate's runner (this task); ``last_error`` says how it ended."""
+        outcome, errors = await self.hooks.gate.run_restore(self, generation, lambda: moved_on(handle, generation, None))
+        if outcome is not PassOutcome.SUPERSEDED:
+            self.last_error = RestoreHooksError(generation, errors) if errors else None
+        return outcome
+
+    async def _retry(self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle, generation: int) -> bool:
         """Retry from the failed phase, per the policy; True once every hook succeeded."""
-        gate = self.hooks.gate
         for delay in self.retry.delays():
-            if await moved_on(handle, run.generation, delay):
+            deadline = Deadline(delay)
+            if await self._serving_requests(lifecycle, lambda: moved_on(handle, generation, deadline.remaining())):
                 return False
-            gate.retry(run)
-            if await gate.drive(run):
-                self.last_error = None
-                return True
-            self.last_error = RestoreHooksError(run.generation, run.errors)
+            outcome = await self._restore_pass(handle, generation)
+            if outcome is not PassOutcome.FAILED:
+                return outcome is PassOutcome.SUCCEEDED
+            assert self.last_error is not None
             lifecycle.failed(self.last_error)
-        logger.error("restore hooks still failing for generation %d: left unacknowledged", run.generation)
+        logger.error("restore hooks still failing for generation %d: left unacknowledged", generation)
         return False
+
+    async def _lifecycle_pass(self, kind: HookKind, generation: int, budget: float | None) -> LifecyclePass:
+        handle = self.handle
+        return await self.hooks.gate.run_lifecycle(self, kind, generation, budget,
+                                                   lambda: moved_on(handle, generation, None))
+
+    async def _serving_requests(self, lifecycle: ProcessLifecycle, wait: Callable[[], Awaitable[T]]) -> T:
+        """Await ``wait()``, running the prepare and resume requests that arrive meanwhile:
+        each ends the wait, runs, and ``wait()`` is awaited again (so it must be restartable)."""
+        while True:
+            await lifecycle.run_requests(self._lifecycle_pass)
+            with anyio.CancelScope() as scope:
+                self._interrupt = scope
+                if lifecycle.has_requests:
+                    scope.cancel()
+                try:
+                    return await wait()
+                finally:
+                    self._interrupt = None
+
+    def _wake_for_request(self) -> None:
+        if self._interrupt is not None:
+            self._interrupt.cancel()
 
     def _offer(self, generation: int) -> list[weakref.ref[Subscription]]:
         """Offer ``generation`` to every subscriber; the ones to wait for, held weakly."""
@@ -325,11 +350,12 @@ class RestoreWatcher:
         return waiting
 
     async def _subscribers_done(
-        self, handle: AsyncSysGenID, generation: int, waiting: list[weakref.ref[Subscription]]
+        self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle, generation: int,
+        waiting: list[weakref.ref[Subscription]],
     ) -> bool:
         """True once every subscriber that stays has handled ``generation``."""
         while True:
-            self._progress = anyio.Event()
+            self._progress = progress = anyio.Event()
             # A subscriber that stopped (break, error, close) no longer counts, as a closed
             # file no longer counts for the kernel.
             pending = [
@@ -341,7 +367,7 @@ class RestoreWatcher:
             del pending  # hold no subscriber while waiting: dropping one must free it
             if handle.generation != generation:
                 return False
-            await self._progress.wait()
+            await self._serving_requests(lifecycle, progress.wait)
 
 
 @contextlib.contextmanager
