@@ -395,6 +395,81 @@ async def test_two_prepares_at_once_one_waits_for_none(backend: Backend, runtime
 def test_prepare_with_no_registered_watcher(runtime: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("--runtime-dir", runtime, "prepare") == EXIT_OK
     assert "no restore watcher is registered" in capsys.readouterr().out
+    # A pipeline that needs at least one watcher says so.
+    assert cli("--runtime-dir", runtime, "prepare", "--expect", "1") == EXIT_LIFECYCLE_FAILED
+    assert "0 restore watcher(s) registered" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("op", ["prepare", "resume"])
+def test_a_registry_directory_that_does_not_exist_fails(op: str, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = "/tmp/sysgenid-async-a-typo-that-does-not-exist"
+    assert cli("--runtime-dir", missing, op) == EXIT_LIFECYCLE_FAILED
+    assert f"{op}: {missing}: no registry directory" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_expect_counts_the_registered_watchers(backend: Backend, runtime: str) -> None:
+    async with restore_watcher(backend.path, hooks=RestoreHooks(), runtime_dir=runtime):
+        assert await run_cli("--runtime-dir", runtime, "prepare", "--expect", "1") == EXIT_OK
+        assert await run_cli("--runtime-dir", runtime, "resume", "--expect", "2") == EXIT_LIFECYCLE_FAILED
+
+
+@pytest.mark.anyio
+async def test_a_failed_prepare_leaves_the_process_failed_and_the_next_prepare_runs_the_hooks_again(
+    backend: Backend, runtime: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hooks = RestoreHooks()
+    attempts: list[int] = []
+
+    @hooks.before_snapshot
+    def flush(generation: int) -> None:
+        attempts.append(generation)
+        if len(attempts) == 1:
+            raise OSError("disk full")
+
+    async with restore_watcher(backend.path, hooks=hooks, service="ingest", runtime_dir=runtime):
+        assert await run_cli("--runtime-dir", runtime, "prepare") == EXIT_LIFECYCLE_FAILED
+        entry = own_entry(runtime)
+        assert entry.state == WatcherState.FAILED, "never prepared after a failure"
+        assert entry.failing_hook == "flush" and "disk full" in str(entry.error)
+        assert await run_cli("--runtime-dir", runtime, "prepare", "--json") == EXIT_OK
+        assert len(attempts) == 2, "the retry ran the hooks again"
+        assert "already prepared" not in capsys.readouterr().out
+        entry = own_entry(runtime)
+        assert entry.state == WatcherState.PREPARED and entry.failing_hook is None and entry.error is None
+        assert await run_cli("--runtime-dir", runtime, "resume") == EXIT_OK
+
+
+@pytest.mark.anyio
+async def test_a_failed_prepare_can_be_resumed(backend: Backend, runtime: str) -> None:
+    pool, restores = Pool(), list[int]()
+    hooks = pooled_hooks(pool, restores)
+    hooks.before_snapshot(lambda generation: (_ for _ in ()).throw(OSError("flush failed")), name="flush")
+    async with restore_watcher(backend.path, hooks=hooks, runtime_dir=runtime):
+        assert await run_cli("--runtime-dir", runtime, "prepare") == EXIT_LIFECYCLE_FAILED
+        assert not pool.is_open, "the hooks that could run did"
+        assert await run_cli("--runtime-dir", runtime, "resume") == EXIT_OK  # the pipeline gives up the snapshot
+        assert pool.is_open and own_entry(runtime).state == WatcherState.READY
+    pool.close()
+
+
+@pytest.mark.anyio
+async def test_a_prepare_out_of_time_names_the_hooks_it_did_not_run(
+    backend: Backend, runtime: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hooks = RestoreHooks()
+    ran: list[str] = []
+
+    @hooks.before_snapshot(phase=Phase.CONNECTIONS)
+    async def drain(generation: int) -> None:
+        await anyio.sleep(30)
+
+    hooks.before_snapshot(lambda g: ran.append("flush"), phase=Phase.CACHES, name="flush")
+    async with restore_watcher(backend.path, hooks=hooks, runtime_dir=runtime):
+        assert await run_cli("--runtime-dir", runtime, "prepare", "--timeout", "0.2") == EXIT_LIFECYCLE_FAILED
+        assert own_entry(runtime).state == WatcherState.FAILED
+    err = capsys.readouterr().err
+    assert "drain: TimeoutError" in err and "not run: flush" in err and ran == []
 
 
 # Faults on the control channel.

@@ -5,7 +5,7 @@
 Exit status: 0 success; 1 a device error; 2 usage; 3 ``wait-watchers`` or ``wait-ready``
 timed out; 4 no device; 5 permission denied; 6 ``selftest`` found a failure; 7 an ``--exec``
 command could not be started; 8 ``prepare`` or ``resume``: a process failed or did not
-confirm; 9 another ``prepare`` or ``resume`` is in progress; 130 interrupted. A command that fails does not end
+confirm, the registry directory does not exist, or fewer watchers than ``--expect`` are registered; 9 another ``prepare`` or ``resume`` is in progress; 130 interrupted. A command that fails does not end
 ``watch``: it is run again per the retry options, and its generation stays
 unacknowledged until it succeeds or a newer generation arrives.
 """
@@ -71,7 +71,8 @@ EXIT_CODES = {
     EXIT_PERMISSION: "permission denied (the message names the permission)",
     EXIT_SELFTEST_FAILED: "selftest: at least one check failed",
     EXIT_EXEC_FAILED: "watch --exec: the command could not be started",
-    EXIT_LIFECYCLE_FAILED: "prepare, resume: a process failed, did not answer, or was not prepared",
+    EXIT_LIFECYCLE_FAILED: "prepare, resume: a process failed, did not answer or was not prepared; the registry "
+    "directory does not exist; fewer watchers than --expect",
     EXIT_BUSY: "prepare, resume: another prepare or resume is in progress",
     EXIT_INTERRUPTED: "interrupted",
 }
@@ -221,6 +222,9 @@ def _build_parser() -> _Parser:
         lifecycle.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
                                help=f"the hooks' budget in each process (default 30); replies are awaited "
                                f"{REPLY_GRACE_SECONDS:g} s longer")
+        lifecycle.add_argument("--expect", type=_non_negative_int, default=0, metavar="N",
+                               help="fail unless at least N watcher processes are registered (default 0: none "
+                               "registered is a success)")
         lifecycle.add_argument("--json", action="store_true", help="one JSON object per process")
 
     ready = add_command("wait-ready", help="wait until every registered watcher has caught up with the device")
@@ -339,8 +343,9 @@ def _lifecycle(options: argparse.Namespace) -> int:
     except RegistryPermissionError:
         raise
     except RegistryError as exc:
-        print(f"{op}: no restore watcher is registered ({exc})", file=sys.stderr if options.json else None)
-        return EXIT_OK
+        # A missing directory is a typo or a machine where no watcher ever ran: never a success.
+        print(f"sysgenid-async: {op}: {exc}", file=sys.stderr)
+        return EXIT_LIFECYCLE_FAILED
     with registry.exclusive("lifecycle") as mine:
         if not mine:
             print(f"sysgenid-async: {op}: another prepare or resume is in progress", file=sys.stderr)
@@ -371,10 +376,17 @@ def _lifecycle(options: argparse.Namespace) -> int:
         hook_errors = reply.get("errors")
         if isinstance(hook_errors, list) and hook_errors:
             detail += "; " + "; ".join(f"{e.get('hook')}: {e.get('error')}" for e in hook_errors if isinstance(e, dict))
+        not_run = reply.get("not_run")
+        if isinstance(not_run, list) and not_run:
+            detail += "; not run: " + ", ".join(str(name) for name in not_run)
         _emit(options, {"pid": entry.pid, "service": entry.service, "ok": ok, "reply": reply},
               f"{entry.pid:>7}  {entry.service:<20} {'ok' if ok else 'FAILED'}  {detail}")
         if not ok:
             print(f"sysgenid-async: {op}: {entry.service} (pid {entry.pid}): {detail}", file=sys.stderr)
+    if len(entries) < options.expect:
+        print(f"sysgenid-async: {op}: {len(entries)} restore watcher(s) registered in {registry.path}, "
+              f"--expect asked for at least {options.expect}", file=sys.stderr)
+        return EXIT_LIFECYCLE_FAILED
     if not entries:
         print(f"{op}: no restore watcher is registered in {registry.path}", file=sys.stderr if options.json else None)
     return EXIT_LIFECYCLE_FAILED if failed else EXIT_OK
