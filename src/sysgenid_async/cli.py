@@ -5,8 +5,9 @@
 Exit status: 0 success; 1 a device error; 2 usage; 3 ``wait-watchers`` or ``wait-ready``
 timed out; 4 no device; 5 permission denied; 6 ``selftest`` found a failure; 7 an ``--exec``
 command could not be started; 8 ``prepare`` or ``resume``: a process failed or did not
-confirm, the registry directory does not exist, or fewer watchers than ``--expect`` are registered; 9 another ``prepare`` or ``resume`` is in progress; 130 interrupted. A command that fails does not end
-``watch``: it is run again per the retry options, and its generation stays
+confirm, the registry directory does not exist, or fewer watchers than ``--expect`` are
+registered; 9 another ``prepare`` or ``resume`` is in progress; 130 interrupted. A command
+that fails does not end ``watch``: it is run again per the retry options, and its generation stays
 unacknowledged until it succeeds or a newer generation arrives.
 """
 

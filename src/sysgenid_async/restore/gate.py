@@ -51,7 +51,15 @@ from ..uapi import Abi
 if TYPE_CHECKING:
     from .hooks import HookError, HookKind, RestoreHook, RestoreHooks
 
-__all__ = ["RESTORE_WAIT_SECONDS", "LifecyclePass", "PassOutcome", "RestoreGate", "RestoreProgress", "restored", "run_restore_pass"]
+__all__ = [
+    "RESTORE_WAIT_SECONDS",
+    "LifecyclePass",
+    "PassOutcome",
+    "RestoreGate",
+    "RestoreProgress",
+    "restored",
+    "run_restore_pass",
+]
 
 #: How long a thread other than the watcher's waits for the hooks before RestorePendingError.
 RESTORE_WAIT_SECONDS = 30.0
@@ -383,7 +391,9 @@ class RestoreGate:
             with self._cond:
                 progress = self._begin(generation)
             probe = self.probe()
-            current = (lambda: probe.generation == generation) if isinstance(probe, Device) else (lambda: True)
+            # Look at the page between hooks; a probe that opens a file per read (v4) is not worth it.
+            mapped = isinstance(probe, Device)
+            current: Callable[[], bool] = lambda: not mapped or probe.generation == generation  # noqa: E731
             token = _running_hooks.set(self)
             try:
                 while (hook := progress.next_hook()) is not None and hook.runs_inline and current():
@@ -537,7 +547,8 @@ async def run_restore_pass(
     """
     note = progress.record if record is None else record
     while (hook := progress.next_hook()) is not None and current():
-        note(hook, hook.attempt_inline(progress.generation) if hook.runs_inline else await hook.attempt(progress.generation))
+        generation = progress.generation
+        note(hook, hook.attempt_inline(generation) if hook.runs_inline else await hook.attempt(generation))
 
 
 async def _cancelled_when(moved_on: MovedOn, body: Awaitable[None]) -> None:

@@ -412,7 +412,8 @@ class RestoreHooks:
                     result.errors.append(error)
         if budget_scope.cancelled_caught and result.not_run:
             interrupted = result.not_run.pop(0)
-            result.errors.append(interrupted._failed(generation, TimeoutError(f"the {kind.value} pass ran out of time"), kind))
+            timed_out = TimeoutError(f"the {kind.value} pass ran out of time")
+            result.errors.append(interrupted._failed(generation, timed_out, kind))
 
     def replace_hooks(self, hooks: list[RestoreHook], kind: HookKind = HookKind.RESTORE) -> list[RestoreHook]:
         """Put ``hooks`` in place of the registered ones of ``kind``; returns those (test isolation)."""

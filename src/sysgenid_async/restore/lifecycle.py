@@ -177,7 +177,8 @@ class ProcessLifecycle:
             return {"ok": True, **self.status(), "note": "already prepared"}
         generation = self._generation()
         self._announce(WatcherState.PREPARING)
-        result = await run(HookKind.BEFORE_SNAPSHOT, generation, DEFAULT_PREPARE_SECONDS if timeout is None else timeout)
+        budget = DEFAULT_PREPARE_SECONDS if timeout is None else timeout
+        result = await run(HookKind.BEFORE_SNAPSHOT, generation, budget)
         if result.superseded:
             # Restored from a snapshot taken mid-prepare: this is a clone now; its restore
             # hooks run next and count as the resume.

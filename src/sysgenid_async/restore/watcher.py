@@ -296,7 +296,8 @@ class RestoreWatcher:
 
     async def _restore_pass(self, handle: AsyncSysGenID, generation: int) -> PassOutcome:
         """One restore pass by the gate's runner (this task); ``last_error`` says how it ended."""
-        outcome, errors = await self.hooks.gate.run_restore(self, generation, lambda: moved_on(handle, generation, None))
+        gate = self.hooks.gate
+        outcome, errors = await gate.run_restore(self, generation, lambda: moved_on(handle, generation, None))
         if outcome is not PassOutcome.SUPERSEDED:
             self.last_error = RestoreHooksError(generation, errors) if errors else None
         return outcome
@@ -304,8 +305,7 @@ class RestoreWatcher:
     async def _retry(self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle, generation: int) -> bool:
         """Retry from the failed phase, per the policy; True once every hook succeeded."""
         for delay in self.retry.delays():
-            deadline = Deadline(delay)
-            if await self._serving_requests(lifecycle, lambda: moved_on(handle, generation, deadline.remaining())):
+            if await self._serving_requests(lifecycle, _moved_on_within(handle, generation, Deadline(delay))):
                 return False
             outcome = await self._restore_pass(handle, generation)
             if outcome is not PassOutcome.FAILED:
@@ -368,6 +368,11 @@ class RestoreWatcher:
             if handle.generation != generation:
                 return False
             await self._serving_requests(lifecycle, progress.wait)
+
+
+def _moved_on_within(handle: AsyncSysGenID, generation: int, deadline: Deadline) -> Callable[[], Awaitable[bool]]:
+    """A restartable wait: whether the device leaves ``generation`` before ``deadline``."""
+    return lambda: moved_on(handle, generation, deadline.remaining())
 
 
 @contextlib.contextmanager
