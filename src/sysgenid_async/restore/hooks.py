@@ -175,28 +175,22 @@ class RestoreHook:
         """A sync hook can only be timed out from outside, so it runs in a worker thread. On its
         timeout the thread is left to finish (counted: no second copy starts meanwhile). When
         the caller is cancelled (a newer generation), it is waited for, up to its timeout, so
-        that the next pass never overlaps it."""
+        that the next pass never overlaps it; a call that had not started yet never starts."""
         from anyio import to_thread  # on first use: slow to import, and most hooks need none
 
-        finished = threading.Event()
+        call = _ThreadedCall(self, function, generation)
         deadline = Deadline(timeout)
         try:
             with anyio.move_on_after(timeout) as timer:
-                await to_thread.run_sync(self._run_counted, function, generation, finished, abandon_on_cancel=True)
+                await to_thread.run_sync(call.run, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await to_thread.run_sync(finished.wait, deadline.remaining())
+            if not call.give_up():
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(call.finished.wait, deadline.remaining())
             raise
         if timer.cancelled_caught:
+            call.give_up()
             raise TimeoutError(f"{self.name} ran for more than {timeout:g} s")
-
-    def _run_counted(self, function: HookFunction, generation: int, finished: threading.Event) -> None:
-        self._abandoned += 1
-        try:
-            function(generation)
-        finally:
-            self._abandoned -= 1
-            finished.set()
 
     async def attempt(self, generation: int, kind: HookKind = HookKind.RESTORE) -> HookError | None:
         """Run it; its failure (logged), or None. A cancellation of the caller propagates."""
@@ -227,6 +221,41 @@ class RestoreHook:
         error = HookError(self, generation, exc, kind)
         logger.error("%s", error, exc_info=exc)
         return error
+
+
+class _ThreadedCall:
+    """One call of a sync hook in a worker thread: it starts at most once, and never after its
+    caller gave it up (a worker may pick a call up after the caller was cancelled)."""
+
+    __slots__ = ("_lock", "_state", "finished", "function", "generation", "hook")
+
+    def __init__(self, hook: RestoreHook, function: HookFunction, generation: int) -> None:
+        self.hook = hook
+        self.function = function
+        self.generation = generation
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        self._state = "queued"  # then "running", or "given up" before it ran
+
+    def run(self) -> None:
+        with self._lock:
+            if self._state != "queued":
+                return
+            self._state = "running"
+        self.hook._abandoned += 1  # counted while it runs: no second copy starts meanwhile
+        try:
+            self.function(self.generation)
+        finally:
+            self.hook._abandoned -= 1
+            self.finished.set()
+
+    def give_up(self) -> bool:
+        """Whether it had not started: then it never will."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "given up"
+                return True
+            return False
 
 
 def _run_order(hook: RestoreHook) -> tuple[int, int]:
