@@ -239,7 +239,7 @@ def test_one_pass_at_a_time_and_the_newest_state_wins(
     backend: Backend, anyio_backend: tuple[str, dict[str, object]]
 ) -> None:
     name, options = anyio_backend
-    examples = 6 if backend.kernel else 50
+    examples = 20 if backend.kernel else 50
     settle = SETTLE_SECONDS * (20 if backend.kernel else 1)
 
     @settings(max_examples=examples, deadline=None, database=None, print_blob=True,
