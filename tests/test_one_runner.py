@@ -373,3 +373,52 @@ async def test_a_thread_never_runs_a_sync_hook_beside_the_watcher(on_default_dev
     assert running[1] == 1, f"two copies of the hook ran at once: {log}"
     assert log == [f"start {first}", f"done {first}", f"start {second}", f"done {second}"]
     assert served == [f"done {second}"]
+
+
+@pytest.mark.kernel_only  # the simulator lives in one process's memory
+@pytest.mark.anyio
+async def test_a_child_forked_during_a_pass_runs_its_own_and_the_parent_goes_on(on_default_device: Backend) -> None:
+    """The child of a fork taken while the watcher's pass holds the turn inherits no turn and no
+    watcher: a value it touches runs the sync hooks there, once, for the child alone."""
+    import os
+    import warnings
+
+    backend = on_default_device
+    hooks = RestoreHooks()
+    ran: list[tuple[int, int]] = []
+    in_pass, fork_done = anyio.Event(), anyio.Event()
+
+    @hooks.register(phase=Phase.RESEED)
+    def reseed(generation: int) -> None:
+        ran.append((os.getpid(), generation))
+
+    @hooks.register(phase=Phase.CONNECTIONS)
+    async def reconnect(generation: int) -> None:
+        in_pass.set()
+        await fork_done.wait()
+
+    value = GenerationBound(lambda: ("built", os.getpid()), hooks=hooks, phase=Phase.RESEED)
+    async with restore_watcher(backend.path, hooks=hooks, announce=False) as watcher:
+        value()
+        new = backend.bump()
+        await in_pass.wait()  # the parent's pass holds the turn, inside reconnect
+        read_end, write_end = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child only reports
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.close(read_end)
+            try:
+                answer = repr((hooks.gate.watcher is None, value()[1] == os.getpid(), ran[-1]))
+            except BaseException as exc:
+                answer = repr(exc)
+            os.write(write_end, answer.encode())
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = (await anyio.to_thread.run_sync(pipe.read)).decode()
+        await anyio.to_thread.run_sync(os.waitpid, pid, 0)
+        fork_done.set()
+        await until(lambda: watcher.acknowledged == new)
+    assert answer == repr((True, True, (pid, new))), answer
+    assert ran == [(os.getpid(), new)], "the parent's pass ran once, in the parent"

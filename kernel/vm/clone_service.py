@@ -16,11 +16,18 @@ It runs, side by side:
   retried after a few seconds: the orchestrator must name it, hook and error;
 - the lifecycle: a pool of real sockets that a before-snapshot hook closes, a resume hook
   reopens and a restore hook reopens if it finds it closed; a command loop on the
-  virtio-serial control port runs ``sysgenid-async prepare`` or ``resume`` when the host asks.
+  virtio-serial control port runs ``sysgenid-async prepare`` or ``resume`` when the host asks;
+  ``prepare-failing`` makes a before-snapshot hook (``flush-cache``) fail once first;
+- one pass at a time: an async ``slow-seed`` hook draws a seed at its start and keeps it at its
+  end; when the host asks (``trigger-slow``), its next run is slow and the generation is forced,
+  so that the host can snapshot the VM mid-pass. The ``watch()`` loop awaits ``restored()`` the
+  moment the kernel wakes it, as a request at resume does: the stale pass a clone resumes must
+  not finish after the newer one.
 
 Serial protocol, one line each: ``READY``, then ``ALIVE <generation>`` every half second,
-for every generation change one ``REPORT <json>`` once everything has caught up, and
-``PREPARED <json>`` / ``RESUMED <json>`` after a command.
+for every generation change one ``REPORT <json>`` once everything has caught up,
+``PREPARED <json>`` / ``RESUMED <json>`` after a command, ``SLOW-PASS <generation> <seed>`` when
+the slow pass has drawn its seed, and ``TRIGGERED <json>``.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from sysgenid_async.restore import (
     RetryPolicy,
     generation_bound,
     restore_watcher,
+    restored,
 )
 from sysgenid_async.restore.orchestrator import OrchestrationReport
 from sysgenid_async.restore.reseed import reseed_openssl, reseed_random
@@ -64,6 +72,8 @@ def say(line: str) -> None:
 
 # The slow worker's retry delay: kernel/vm/clones.py reports restore -> ready including it.
 SLOW_WORKER_RETRY_S = 6.0
+# How long the slow pass sleeps after drawing its seed: the host snapshots the VM meanwhile.
+SLOW_PASS_S = 30.0
 
 
 async def worker(name: str) -> None:
@@ -116,7 +126,7 @@ class Pool:
         return bool(self.connections)
 
 
-def command_loop(counts: dict[str, int], pool: Pool) -> None:
+def command_loop(counts: dict[str, int], pool: Pool, flags: dict[str, bool]) -> None:
     """Run the CLI when the host asks on the control port (no shell in the guest)."""
     path = os.environ.get("CONTROL_PORT")
     if not path or not os.path.exists(path):
@@ -125,6 +135,15 @@ def command_loop(counts: dict[str, int], pool: Pool) -> None:
     with open(path, "rb") as port:
         for raw in port:
             command = raw.decode().strip()
+            if command == "trigger-slow":
+                flags["slow_next"] = True
+                done = subprocess.run([sys.executable, "-m", "sysgenid_async", "trigger", "--json"],
+                                      capture_output=True, text=True, check=False)
+                say("TRIGGERED " + json.dumps({"rc": done.returncode, "stderr": done.stderr[-500:]}))
+                continue
+            if command == "prepare-failing":
+                flags["fail_next_flush"] = True
+                command = "prepare"
             if command not in ("prepare", "resume"):
                 continue
             done = subprocess.run([sys.executable, "-m", "sysgenid_async", command, "--json", "--timeout", "20"],
@@ -133,7 +152,9 @@ def command_loop(counts: dict[str, int], pool: Pool) -> None:
             answer = "PREPARED" if command == "prepare" else "RESUMED"
             say(f"{answer} " + json.dumps({
                 "rc": done.returncode, "stderr": done.stderr[-500:],
-                "processes": [{"service": p["service"], "pid": p["pid"], "ok": p["ok"]} for p in processes],
+                "processes": [{"service": p["service"], "pid": p["pid"], "ok": p["ok"],
+                               "state": p["reply"].get("state"), "note": p["reply"].get("note")}
+                              for p in processes],
                 "pool_open": pool.is_open, **counts,
             }))
 
@@ -152,8 +173,26 @@ async def service() -> None:
     workers = start_workers()  # noqa: F841 - they live as long as this process
     hooks = RestoreHooks()
     pool = Pool()
-    counts = {"before_runs": 0, "resume_runs": 0, "restores": 0}
+    counts = {"before_runs": 0, "resume_runs": 0, "restores": 0, "flush_attempts": 0}
+    flags = {"slow_next": False, "fail_next_flush": False}
     reopened: dict[int, bool] = {}
+    slow_state: dict[str, object] = {"generation": None, "seed": None}
+
+    @hooks.before_snapshot(phase=Phase.CACHES, name="flush-cache")
+    def flush_cache(generation: int) -> None:
+        counts["flush_attempts"] += 1
+        if flags["fail_next_flush"]:
+            flags["fail_next_flush"] = False
+            raise OSError("the cache's disk is full")
+
+    @hooks.register(name="slow-seed")
+    async def slow_seed(generation: int) -> None:
+        seed = os.urandom(8).hex()  # drawn at the start: a stale pass carries the snapshot's
+        if flags["slow_next"]:
+            flags["slow_next"] = False
+            say(f"SLOW-PASS {generation} {seed}")
+            await anyio.sleep(SLOW_PASS_S)
+        slow_state.update(generation=generation, seed=seed)
 
     @hooks.before_snapshot(phase=Phase.CONNECTIONS)
     def close_pool(generation: int) -> None:
@@ -206,6 +245,8 @@ async def service() -> None:
                 async with watch() as changes:
                     async for generation in changes:
                         seen_by_watch.append(generation)
+                        # A request at resume: it waits for this process's hooks (it never runs them).
+                        await restored(hooks=hooks, timeout=None)
 
             async def heartbeat() -> None:
                 while True:
@@ -214,7 +255,7 @@ async def service() -> None:
 
             tasks.start_soon(follow)
             tasks.start_soon(heartbeat)
-            threading.Thread(target=command_loop, args=(counts, pool), daemon=True).start()
+            threading.Thread(target=command_loop, args=(counts, pool, flags), daemon=True).start()
             say("READY")
             while True:
                 report: OrchestrationReport = await orchestrator.handle_next()
@@ -245,6 +286,7 @@ async def service() -> None:
                     "identity_attempts": state["identity_attempts"],
                     "secret_follows_identity": state["secret"] == f"derived-from-{state['identity']}",
                     "reseed": RESEED,
+                    "slow_state": dict(slow_state),
                     "uptime_at_report": finished,
                 }))
 

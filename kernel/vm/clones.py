@@ -18,7 +18,12 @@
    named ``slow-worker`` fails its restore hook once: the orchestrator must name it (pid,
    hook, error), and the host reads the clone's readiness from ``sysgenid-async wait-ready
    --follow`` on a second virtio-serial port, timing restore to ready.
-6. Controls: the reseed hooks left out (``random`` and OpenSSL's ``RAND_bytes`` then stay
+6. One pass at a time: a clone is snapshotted while a slow restore pass runs (its hook drew
+   its seed before the snapshot), and two clones of that snapshot are restored: each must end
+   with its own newest generation's state, the two different, neither the stale seed. The same
+   clone is also snapshotted between a failed ``prepare`` and its retry: the retry, in the
+   original and in the clone, runs the before-snapshot hooks again.
+7. Controls: the reseed hooks left out (``random`` and OpenSSL's ``RAND_bytes`` then stay
    identical across clones), a restore that keeps the GUID (no change), and a clone of a clone
    (a second bump); and the module in its v8 personality, cloned once.
 
@@ -376,7 +381,10 @@ def report_of(line: str) -> dict[str, Any]:
 
 
 def restore(name: str, kernel: suites.Kernel, image: Path, work: Path, snapshot: Path, *, guid: str = "auto",
-            snapshot_after: Path | None = None, expect_report: bool = True) -> dict[str, Any]:
+            snapshot_after: Path | None = None, expect_report: bool = True, generation: int | None = None,
+            then: str | None = None) -> dict[str, Any]:
+    """Restore a clone and read its REPORT (of ``generation``, if given); ``then``, a command for
+    its control port afterwards, whose answer goes in ``result["then"]``."""
     with vm(name, kernel, image, work, guid=guid, incoming=snapshot) as clone:
         started = clone.resume()
         if not expect_report:
@@ -388,7 +396,8 @@ def restore(name: str, kernel: suites.Kernel, image: Path, work: Path, snapshot:
             generations = {int(line.split()[1]) for line in [alive, *lines] if line.startswith("ALIVE")}
             reports = [line for line in lines if line.startswith("REPORT")]
             return {"name": name, "alive": alive, "reports": reports, "generations": sorted(generations)}
-        stamp, line = clone.wait_for(r"^REPORT ", 120)
+        pattern = r"^REPORT " if generation is None else rf'^REPORT \{{"generation": {generation},'
+        stamp, line = clone.wait_for(pattern, 120)
         result = report_of(line)
         result["name"] = name
         result["cont_to_report_ms"] = round((stamp - started) * 1000, 1)
@@ -397,6 +406,8 @@ def restore(name: str, kernel: suites.Kernel, image: Path, work: Path, snapshot:
         result["cont_to_ready_ms"] = round((ready_stamp - started) * 1000, 1)
         if snapshot_after is not None:
             clone.snapshot(snapshot_after)
+        if then is not None:
+            result["then"] = clone.command(then, "PREPARED" if then.startswith("prepare") else "RESUMED", 120)
         return result
 
 
@@ -425,6 +436,56 @@ def boot_and_snapshot(name: str, kernel: suites.Kernel, image: Path, work: Path,
 
 # The guest's slow worker fails its restore hook once per restore and retries after this long.
 SLOW_WORKER_RETRY_S = 6.0
+
+
+def service_state(reply: dict[str, Any]) -> dict[str, Any]:
+    """The clone service's own line in a prepare or resume answer."""
+    (mine,) = [p for p in reply["processes"] if p["service"] == "clone-service"]
+    return mine  # type: ignore[no-any-return]
+
+
+def one_pass_at_a_time(kernel: suites.Kernel, image: Path, work: Path, snapshot: Path, check: Any) -> dict[str, Any]:
+    """A clone snapshotted between a failed prepare and its retry, then in the middle of a slow
+    restore pass; clones of both snapshots. What each saw, for results.json."""
+    failed_prepare, mid_pass = work / "failed-prepare.snapshot", work / "mid-pass.snapshot"
+    with vm("midpass", kernel, image, work, incoming=snapshot) as clone:
+        clone.resume()
+        clone.wait_for(r'^REPORT \{"generation": 1,', 120)
+        failed = clone.command("prepare-failing", "PREPARED", 120)
+        clone.snapshot(failed_prepare)
+        clone.qmp.run("cont")  # the original goes on, and retries
+        retried = clone.command("prepare", "PREPARED", 120)
+        resumed = clone.command("resume", "RESUMED", 120)
+        clone.control.send("trigger-slow")
+        _, slow = clone.wait_for(r"^SLOW-PASS ", 120)
+        clone.snapshot(mid_pass)  # the pass for this generation is under way, its seed drawn
+    _, slow_generation, stale_seed = slow.split()
+    check(failed["rc"] == 8 and service_state(failed)["state"] == "failed",
+          f"a failed prepare: exit {failed['rc']}, {service_state(failed)} (must be failed, never prepared)")
+    check(retried["rc"] == 0 and service_state(retried)["state"] == "prepared"
+          and service_state(retried)["note"] is None and retried["flush_attempts"] == failed["flush_attempts"] + 1,
+          f"the retry of a failed prepare must run the hooks again: {retried}")
+    check(resumed["rc"] == 0, f"resume after the retried prepare: {resumed}")
+
+    after_failure = restore("failed-prepare-clone", kernel, image, work, failed_prepare, generation=2,
+                            then="prepare")
+    again = after_failure["then"]
+    check(again["rc"] == 0 and service_state(again)["note"] is None
+          and again["flush_attempts"] == failed["flush_attempts"] + 1,
+          f"a clone taken between a failed prepare and its retry: its prepare must run the hooks again: {again}")
+
+    newest = int(slow_generation) + 1
+    grandchildren = [restore(f"mid-pass-{i}", kernel, image, work, mid_pass, generation=newest) for i in (1, 2)]
+    seeds = [run["slow_state"]["seed"] for run in grandchildren]
+    for run in grandchildren:
+        check(run["slow_state"]["generation"] == newest and run["slow_state"]["seed"] != stale_seed,
+              f"{run['name']}: the state is {run['slow_state']}, not generation {newest}'s own "
+              f"(the stale pass drew {stale_seed} before the snapshot)")
+        check(run["hook_runs"] == 1, f"{run['name']}: the hooks ran {run['hook_runs']} times for {newest}")
+    check(len(set(seeds)) == 2, f"the clones of a snapshot taken mid-pass share their state: {seeds}")
+    return {"failed_prepare": failed, "retried_prepare": retried, "clone_after_failed_prepare": after_failure,
+            "slow_pass": {"generation": int(slow_generation), "stale_seed": stale_seed},
+            "mid_pass_clones": grandchildren}
 
 
 def check_restore(run: dict[str, Any], check: Any, *, v4: bool) -> None:
@@ -505,6 +566,8 @@ def main() -> int:
     check(len({c["racing_prefix"] for c in clones}) == len(clones),
           "a request racing the hooks at resume got the same bound value in every clone")
 
+    passes = one_pass_at_a_time(kernel, image, work, snapshot, check)
+
     grandchild = restore("clone-1-1", kernel, image, work, work / "clone-1.snapshot")
     check(grandchild["generation"] == 2, f"clone of a clone: generation {grandchild['generation']}, expected 2")
 
@@ -531,7 +594,8 @@ def main() -> int:
     latencies = sorted(c["cont_to_report_ms"] for c in [*clones, grandchild, *controls, v8])
     ready_latencies = sorted(c["cont_to_ready_ms"] for c in [*clones, grandchild, *controls, v8])
     results = {"kernel": kernel.release, "lifecycle": lifecycle, "clones": clones, "clone_of_clone": grandchild,
-               "same_guid": same, "noreseed": controls, "v8": v8, "cont_to_report_ms": latencies,
+               "same_guid": same, "noreseed": controls, "v8": v8, "one_pass_at_a_time": passes,
+               "cont_to_report_ms": latencies,
                "cont_to_ready_ms": ready_latencies, "failures": failures,
                "seconds": round(time.monotonic() - started, 1)}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -548,6 +612,13 @@ def main() -> int:
     print(f"lifecycle: prepare exit {prepared['rc']} ({len(prepared['processes'])} processes confirmed), "
           f"pool closed; resume exit {resumed['rc']}, pool reopened")
     print(f"same-guid    no change: generations seen {same['generations']}, reports {len(same['reports'])}")
+    stale = passes["slow_pass"]
+    ended = ", ".join(f"{r['slow_state']['generation']}/{r['slow_state']['seed']}" for r in passes["mid_pass_clones"])
+    print(f"mid-pass     snapshotted during the pass for generation {stale['generation']} "
+          f"(seed {stale['stale_seed']}); its clones ended with {ended}")
+    print(f"prepare      failed (exit {passes['failed_prepare']['rc']}), retried: exit "
+          f"{passes['retried_prepare']['rc']} in the original, {passes['clone_after_failed_prepare']['then']['rc']} "
+          "in its clone; the hooks ran again in both")
     print(f"latency from cont to every hook and watcher done: min {latencies[0]} ms, max {latencies[-1]} ms "
           "(host clock, TCG)")
     print(f"restore -> ready, read by the host on the virtio-serial port: min {ready_latencies[0]} ms, "
