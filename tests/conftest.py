@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from backends import Backend, BackendSpec, KernelBackend, SimBackend, is_our_module, load_module, unload_module
-from sysgenid_async.testing import Flavour, Quirk
+from sysgenid_async.testing import Flavour, Quirk, isolated_state
 
 pytest_plugins = ["pytester"]
 
@@ -140,6 +140,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     environment = {"python": platform.python_version(), "kernel": os.uname().release, "userland": userland}
     with open(os.path.join(directory, "environment.json"), "w") as out:
         json.dump(environment, out)
+
+
+@pytest.fixture
+def default_device(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+    """The backend as the default device (and so the shared probe), with the library's
+    process-wide state fresh."""
+    monkeypatch.setenv("SYSGENID_DEVICE", backend.path)
+    with isolated_state():
+        yield backend
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -11,15 +10,6 @@ import pytest
 from backends import Backend
 from sysgenid_async.device import Device
 from sysgenid_async.restore import AsyncGenerationBound, GenerationBound, generation_bound, restore_hooks
-from sysgenid_async.testing import isolated_state
-
-
-@pytest.fixture
-def default_device(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    """Point the default device (and so the shared probe) at the backend, with fresh state."""
-    monkeypatch.setenv("SYSGENID_DEVICE", backend.path)
-    with isolated_state():
-        yield backend
 
 
 def test_rebuilt_only_when_the_generation_changes(backend: Backend) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -39,7 +39,6 @@ from sysgenid_async.restore import (
     restore_watcher,
     restored,
 )
-from sysgenid_async.testing import isolated_state
 
 FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.005)
 SETTLE_SECONDS = 5.0  # on the host; the guest's Python is some 20 times slower
@@ -276,13 +275,6 @@ def test_the_checks_catch_two_passes_at_once_and_a_stale_pass_last() -> None:
 # -- the two stories of the issue, told exactly ------------------------------------------------
 
 
-@pytest.fixture
-def on_default_device(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    monkeypatch.setenv("SYSGENID_DEVICE", backend.path)
-    with isolated_state():
-        yield backend
-
-
 async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
     with anyio.fail_after(timeout):
         while not condition():  # noqa: ASYNC110 - the state lives in hooks and threads
@@ -291,9 +283,9 @@ async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
 
 @pytest.mark.anyio
 async def test_a_restore_during_an_async_pass_cancels_it_and_a_request_waits_for_the_newer_one(
-    on_default_device: Backend,
+    default_device: Backend,
 ) -> None:
-    backend = on_default_device
+    backend = default_device
     hooks = RestoreHooks()
     log: list[str] = []
     seed: dict[str, int] = {}
@@ -328,8 +320,8 @@ async def test_a_restore_during_an_async_pass_cancels_it_and_a_request_waits_for
 
 
 @pytest.mark.anyio
-async def test_a_thread_never_runs_a_sync_hook_beside_the_watcher(on_default_device: Backend) -> None:
-    backend = on_default_device
+async def test_a_thread_never_runs_a_sync_hook_beside_the_watcher(default_device: Backend) -> None:
+    backend = default_device
     hooks = RestoreHooks()
     log: list[str] = []
     lock = threading.Lock()
@@ -377,13 +369,13 @@ async def test_a_thread_never_runs_a_sync_hook_beside_the_watcher(on_default_dev
 
 @pytest.mark.kernel_only  # the simulator lives in one process's memory
 @pytest.mark.anyio
-async def test_a_child_forked_during_a_pass_runs_its_own_and_the_parent_goes_on(on_default_device: Backend) -> None:
+async def test_a_child_forked_during_a_pass_runs_its_own_and_the_parent_goes_on(default_device: Backend) -> None:
     """The child of a fork taken while the watcher's pass holds the turn inherits no turn and no
     watcher: a value it touches runs the sync hooks there, once, for the child alone."""
     import os
     import warnings
 
-    backend = on_default_device
+    backend = default_device
     hooks = RestoreHooks()
     ran: list[tuple[int, int]] = []
     in_pass, fork_done = anyio.Event(), anyio.Event()

@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -44,14 +44,6 @@ from sysgenid_async.restore.reseed import Reopenable, install_default_hooks
 from sysgenid_async.testing import SimulatedDevice, isolated_state
 
 FAST_RETRY = RetryPolicy(initial_delay=0.02, max_delay=0.05)
-
-
-@pytest.fixture
-def default_device(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    """The backend as the default device, with the library's process-wide state fresh."""
-    monkeypatch.setenv("SYSGENID_DEVICE", backend.path)
-    with isolated_state():
-        yield backend
 
 
 async def until(condition: Callable[[], bool], timeout: float = 30) -> None:

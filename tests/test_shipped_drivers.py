@@ -24,18 +24,11 @@ from sysgenid_async import Abi, WaitResult, watch
 from sysgenid_async.restore import GenerationBound, Orchestrator, restore_watcher
 from sysgenid_async.restore.hooks import RestoreHooks
 from sysgenid_async.restore.orchestrator import OrchestrationReport
-from sysgenid_async.testing import Quirk, isolated_state
+from sysgenid_async.testing import Quirk
 
 INT_MAX = 2**31 - 1
 U32_MAX = 2**32 - 1
 RULE = Path(__file__).resolve().parent.parent / "kernel" / "60-sysgenid.rules"
-
-
-@pytest.fixture
-def default_device(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    monkeypatch.setenv("SYSGENID_DEVICE", backend.path)
-    with isolated_state():
-        yield backend
 
 
 async def _until(condition: Callable[[], bool]) -> None:

@@ -185,7 +185,7 @@ async def service() -> None:
             flags["fail_next_flush"] = False
             raise OSError("the cache's disk is full")
 
-    @hooks.register(name="slow-seed")
+    @hooks.register(phase=Phase.RESEED, name="slow-seed")
     async def slow_seed(generation: int) -> None:
         seed = os.urandom(8).hex()  # drawn at the start: a stale pass carries the snapshot's
         if flags["slow_next"]:
