@@ -21,8 +21,9 @@ It runs, side by side:
 - one pass at a time: an async ``slow-seed`` hook draws a seed at its start and keeps it at its
   end; when the host asks (``trigger-slow``), its next run is slow and the generation is forced,
   so that the host can snapshot the VM mid-pass. The ``watch()`` loop awaits ``restored()`` the
-  moment the kernel wakes it, as a request at resume does: the stale pass a clone resumes must
-  not finish after the newer one.
+  moment the kernel wakes it, as a request at resume does, and a stream of requests awaits it
+  too, each for a second at most: the stale pass a clone resumes must not finish after the
+  newer one.
 
 Serial protocol, one line each: ``READY``, then ``ALIVE <generation>`` every half second,
 for every generation change one ``REPORT <json>`` once everything has caught up,
@@ -32,6 +33,7 @@ the slow pass has drawn its seed, and ``TRIGGERED <json>``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -49,6 +51,7 @@ from sysgenid_async.restore import (
     Orchestrator,
     Phase,
     RestoreHooks,
+    RestorePendingError,
     RetryPolicy,
     generation_bound,
     restore_watcher,
@@ -253,8 +256,16 @@ async def service() -> None:
                     say(f"ALIVE {watcher.generation}")
                     await anyio.sleep(0.5)
 
+            async def requests() -> None:
+                """Requests keep coming, each behind the restore line with a deadline of its own."""
+                while True:
+                    with contextlib.suppress(RestorePendingError):
+                        await restored(hooks=hooks, timeout=1)
+                    await anyio.sleep(0.2)
+
             tasks.start_soon(follow)
             tasks.start_soon(heartbeat)
+            tasks.start_soon(requests)
             threading.Thread(target=command_loop, args=(counts, pool, flags), daemon=True).start()
             say("READY")
             while True:
