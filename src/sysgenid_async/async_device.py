@@ -10,6 +10,8 @@ thread in slices of at most 50 ms: a cancel takes effect when the current slice 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import math
 import os
 import sys
@@ -25,6 +27,8 @@ from .errors import DeviceClosedError
 from .timeouts import Deadline
 
 __all__ = ["AsyncSysGenID", "moved_on", "open_sysgenid"]
+
+logger = logging.getLogger(__name__)
 
 
 class AsyncSysGenID(Device, AsyncResource):
@@ -147,15 +151,37 @@ async def moved_on(handle: AsyncSysGenID, generation: int, timeout: float | None
 
     For a caller whose own file is outdated on purpose (it has not acknowledged): that file
     stays readable, so it cannot tell of the next change. A fresh, probe-only file can (it
-    starts up to date), and is closed at once.
+    starts up to date), and is closed at once. When the process has no file descriptor to
+    spare for it (``EMFILE``, ``ENFILE``), it looks at the handle's page after a pause instead
+    (doubling up to a second), and logs that once: a restore watcher must outlive fd exhaustion.
     """
-    with AsyncSysGenID.open(handle.path, abi=handle.abi, watcher=False) as sentinel:
-        if sentinel.generation != generation:
-            return True
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
-            await sentinel.wait_for_change()
-            return True
-    return False
+    deadline = Deadline(timeout)
+    pause: float | None = None
+    while True:
+        try:
+            sentinel = AsyncSysGenID.open(handle.path, abi=handle.abi, watcher=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            if pause is None:
+                logger.error("%s: no file descriptor to wait for the next generation with (%s); "
+                             "looking at the page every second meanwhile", handle.path, exc.strerror)
+                pause = 0.05
+            if handle.generation != generation:
+                return True
+            left = deadline.remaining()
+            if left == 0:
+                return False
+            await anyio.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 1.0)
+            continue
+        with sentinel:
+            if sentinel.generation != generation:
+                return True
+            with anyio.move_on_after(math.inf if deadline.remaining() is None else deadline.remaining()):
+                await sentinel.wait_for_change()
+                return True
+        return False
 
 
 def _running_loop() -> object | None:

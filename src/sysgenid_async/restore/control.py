@@ -9,11 +9,20 @@ Who may ask: the socket is mode 0600 in a 0700 directory, and the server checks 
 credentials (``SO_PEERCRED``): only the same user, or root. A request that does not arrive
 within :data:`REQUEST_SECONDS`, is too long, is not JSON, or names no known operation gets
 an error reply; the service goes on (docs/security.md).
+
+The server is best-effort, the restores it sits beside are not:
+
+- it serves at most :data:`MAX_CONNECTIONS` connections at once; one more is answered with an
+  error line and closed at once;
+- when accepting fails for want of file descriptors (``EMFILE``, ``ENFILE``, ...), it logs once
+  and accepts again after a pause (doubling up to :data:`ACCEPT_BACKOFF_SECONDS`);
+- nothing a peer does (silence, half a line, going away mid-reply) raises out of :func:`serve`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -29,6 +38,8 @@ import anyio.abc
 from ..errors import SysGenIDError
 
 __all__ = [
+    "ACCEPT_BACKOFF_SECONDS",
+    "MAX_CONNECTIONS",
     "MESSAGE_LIMIT",
     "OPERATIONS",
     "REQUEST_SECONDS",
@@ -47,6 +58,12 @@ MESSAGE_LIMIT = 4096
 REQUEST_SECONDS = 5.0
 #: What a client may ask.
 OPERATIONS = frozenset({"prepare", "resume", "status"})
+#: How many control connections one watcher serves at once.
+MAX_CONNECTIONS = 16
+#: The first and the longest pause before accepting again when file descriptors ran out.
+ACCEPT_BACKOFF_SECONDS = (0.05, 1.0)
+# accept() errors that a pause cures: out of descriptors or memory, or a peer gone before accept.
+_TRANSIENT_ACCEPT_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED})
 # Longest sun_path, with its terminating NUL.
 _SUN_PATH_MAX = 107
 
@@ -152,16 +169,66 @@ def check_socket_path(path: Path) -> None:
 async def serve(
     path: Path, handler: Handler, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Listen on ``path`` (mode 0600) until cancelled; the socket file is removed on the way out."""
+    """Listen on ``path`` (mode 0600) until cancelled; the socket file is removed on the way out.
+
+    What a peer does never raises out of it; an error of the listening socket itself does (the
+    caller may start it again)."""
     check_socket_path(path)
     _remove(path)  # named after this process's pid: whatever is there is stale
     listener = await anyio.create_unix_listener(path, mode=0o600)
     try:
-        async with listener:
+        async with listener, anyio.create_task_group() as connections:
             task_status.started()
-            await listener.serve(lambda stream: handle_connection(stream, handler))
+            await _accept_loop(listener, handler, connections)
     finally:
         _remove(path)
+
+
+async def _accept_loop(
+    listener: anyio.abc.Listener[anyio.abc.SocketStream], handler: Handler, connections: anyio.abc.TaskGroup
+) -> None:
+    active = 0
+    pause: float | None = None  # set while accepting fails for want of descriptors
+
+    async def serve_one(stream: anyio.abc.SocketStream) -> None:
+        nonlocal active
+        try:
+            await handle_connection(stream, handler)
+        finally:
+            active -= 1
+
+    while True:
+        try:
+            stream = await listener.accept()
+        except anyio.BrokenResourceError as exc:
+            code = getattr(exc.__cause__, "errno", None)
+            if code not in _TRANSIENT_ACCEPT_ERRORS:
+                raise
+            if code != errno.ECONNABORTED:
+                if pause is None:
+                    logger.warning("control channel: cannot accept (%s); trying again, pausing up to %g s",
+                                   os.strerror(code or 0), ACCEPT_BACKOFF_SECONDS[1])
+                    pause = ACCEPT_BACKOFF_SECONDS[0]
+                await anyio.sleep(pause)
+                pause = min(pause * 2, ACCEPT_BACKOFF_SECONDS[1])
+            continue
+        if pause is not None:
+            logger.warning("control channel: accepting again")
+            pause = None
+        if active >= MAX_CONNECTIONS:
+            await _refuse(stream, f"busy: {MAX_CONNECTIONS} control connections are open; try again")
+            continue
+        active += 1
+        connections.start_soon(serve_one, stream)
+
+
+async def _refuse(stream: anyio.abc.SocketStream, error: str) -> None:
+    """Answer with an error line if the socket takes it at once, and close."""
+    raw: socket.socket = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    with contextlib.suppress(OSError):
+        raw.send(_encode({"ok": False, "error": error}), socket.MSG_DONTWAIT)
+    with contextlib.suppress(OSError, anyio.BrokenResourceError):
+        await stream.aclose()
 
 
 def _remove(path: Path) -> None:

@@ -41,6 +41,8 @@ _instances_lock = threading.Lock()
 
 #: The before-snapshot pass's budget when the request names none, in seconds.
 DEFAULT_PREPARE_SECONDS = 30.0
+#: The first and the longest pause before the control server is started again after an error.
+CONTROL_RESTART_SECONDS = (0.1, 30.0)
 
 
 #: How the runner runs a lifecycle pass: ``run(kind, generation, budget)``.
@@ -49,6 +51,21 @@ PassRunner = Callable[[HookKind, int, "float | None"], Awaitable[LifecyclePass]]
 
 def _hook_errors(errors: list[HookError]) -> list[dict[str, str]]:
     return [{"hook": e.hook.name, "error": repr(e.__cause__)} for e in errors]
+
+
+class _Listening:
+    """The control server's task status: the first start is the watcher's, every start calls ``on_start``."""
+
+    def __init__(self, status: anyio.abc.TaskStatus[None], on_start: Callable[[], None]) -> None:
+        self._status = status
+        self._on_start = on_start
+        self.once = False
+
+    def started(self, value: None = None) -> None:
+        if not self.once:
+            self.once = True
+            self._status.started()
+        self._on_start()
 
 
 class _Request:
@@ -88,6 +105,8 @@ class ProcessLifecycle:
         #: Called when a request arrives: the runner (the restore watcher) sets it to wake itself.
         self.wake_runner: Callable[[], None] = lambda: None
         self.state = WatcherState.READY
+        #: "up" while the control socket is served, "down" while it is being started again
+        self.control = "up"
         self.acknowledged: int | None = None
         self.failing_hook: str | None = None
         self.error: str | None = None
@@ -102,7 +121,7 @@ class ProcessLifecycle:
         return WatcherEntry(
             pid=self.pid, start_time=self._start_time, service=self.service, acknowledged=self.acknowledged,
             state=self.state, failing_hook=self.failing_hook, error=self.error,
-            socket=str(self.socket_path or ""), instance=self.instance,
+            socket=str(self.socket_path or ""), instance=self.instance, control=self.control,
         )
 
     def _announce(self, state: str) -> None:
@@ -126,11 +145,35 @@ class ProcessLifecycle:
             control.check_socket_path(path)
             self.acknowledged = self._generation()  # a fresh file starts up to date
             self._announce(self.state)
-            await control.serve(path, self.dispatch, task_status=task_status)
+            await self._serve_control(path, task_status)
         finally:
             self.registry.withdraw(self.pid, self.instance)
             with _instances_lock:
                 _instances.discard(self.instance)
+
+    async def _serve_control(self, path: Path, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The control server, started again after an error of its own (it is best-effort; the
+        restores go on meanwhile, and the entry says ``control: down``). A server that never
+        started raises: the configuration is wrong."""
+        listening = _Listening(task_status, self._control_up)
+        pause = CONTROL_RESTART_SECONDS[0]
+        while True:
+            try:
+                await control.serve(path, self.dispatch, task_status=listening)
+            except Exception as exc:
+                if not listening.once:
+                    raise
+                logger.error("control channel failed (%r); starting it again in %g s", exc, pause)
+            self.control = "down"
+            self._announce(self.state)
+            await anyio.sleep(pause)
+            pause = min(pause * 2, CONTROL_RESTART_SECONDS[1])
+
+    def _control_up(self) -> None:
+        if self.control != "up":
+            logger.warning("control channel: serving again")
+            self.control = "up"
+            self._announce(self.state)
 
     async def dispatch(self, op: str, message: Mapping[str, Any]) -> dict[str, Any]:
         if op in ("prepare", "resume"):
@@ -139,7 +182,7 @@ class ProcessLifecycle:
 
     def status(self) -> dict[str, Any]:
         return {"pid": self.pid, "service": self.service, "state": self.state, "acknowledged": self.acknowledged,
-                "prepared_at": self.prepared_at}
+                "prepared_at": self.prepared_at, "control": self.control}
 
     async def _ask_runner(self, op: str, timeout: float | None) -> dict[str, Any]:
         if self._requests:

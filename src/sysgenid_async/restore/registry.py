@@ -93,6 +93,8 @@ class WatcherEntry:
     socket: str = ""
     #: 0 for a process's first watcher; a process running several (one per hook registry) numbers the others
     instance: int = 0
+    #: "up" while its control socket is served; "down" while the server is being started again
+    control: str = "up"
 
     @property
     def name(self) -> str:
@@ -115,7 +117,7 @@ class WatcherEntry:
                 raise ValueError(f"{name} must be an integer")
         if data["acknowledged"] is not None and type(data["acknowledged"]) is not int:
             raise ValueError("acknowledged must be an integer or null")
-        for name in ("service", "state", "socket"):
+        for name in ("service", "state", "socket", "control"):
             if name in data and not isinstance(data[name], str):
                 raise ValueError(f"{name} must be a string")
         for name in ("failing_hook", "error"):
@@ -130,7 +132,7 @@ class WatcherEntry:
     def summary(self) -> dict[str, object]:
         """Who it is and what its hooks are doing: what the CLI and the readiness channel report."""
         return {"pid": self.pid, "service": self.service, "state": self.state, "failing_hook": self.failing_hook,
-                "error": self.error}
+                "error": self.error, "control": self.control}
 
 
 _FIELDS = dataclasses.fields(WatcherEntry)
