@@ -185,7 +185,7 @@ async def serve(
 
 
 async def _accept_loop(
-    listener: anyio.abc.Listener[anyio.abc.SocketStream], handler: Handler, connections: anyio.abc.TaskGroup
+    listener: anyio.abc.SocketListener, handler: Handler, connections: anyio.abc.TaskGroup
 ) -> None:
     active = 0
     pause: float | None = None  # set while accepting fails for want of descriptors

@@ -1,0 +1,288 @@
+"""The control channel never takes the restore watcher down.
+
+A service runs in a child process with a soft limit of 256 file descriptors (as a container or
+a systemd unit may set), restoring itself every 0.2 s. Then another process of the same user
+floods its control socket with 1000 idle connections, or the service runs out of descriptors
+by itself; either way it must stay up, its restore hooks must keep running, and a ``prepare``
+must succeed once the flood or the shortage ends. Peers that stay silent, stop mid-line or
+leave mid-reply, and connections beyond the cap, are refused without harm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from backends import Backend
+from sysgenid_async.cli import EXIT_OK, cli
+from sysgenid_async.restore import RestoreHooks, control, restore_watcher
+from sysgenid_async.restore.registry import Registry
+
+FD_LIMIT = 256
+FLOOD = 1000
+
+# The service: a restore watcher on the device (its own simulator on the host, whose
+# restores it makes itself), a hook that reports each restore, and a command on stdin.
+SERVICE = r"""
+import contextlib, os, resource, sys, anyio
+from sysgenid_async.device import Device
+from sysgenid_async.restore import RestoreHooks, restore_watcher
+from sysgenid_async.testing import SimulatedDevice
+
+path, runtime, loop, simulated = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "sim"
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, hard))
+hooks = RestoreHooks()
+hooks.register(lambda generation: print("restored", generation, flush=True), name="report")
+hooks.before_snapshot(lambda generation: print("prepared", generation, flush=True), name="flush")
+hoard = []
+
+async def main():
+    async with restore_watcher(path, hooks=hooks, runtime_dir=runtime, service="flooded"), \
+            anyio.create_task_group() as tasks:
+        async def restore_now_and_then():
+            with Device.open(path, watcher=False) as device:
+                while True:
+                    await anyio.sleep(0.2)
+                    device.trigger()
+        tasks.start_soon(restore_now_and_then)
+        print("ready", os.getpid(), flush=True)
+        while True:
+            command = (await anyio.to_thread.run_sync(sys.stdin.readline)).strip()
+            if command == "hoard":  # the service's own work takes every descriptor left
+                with contextlib.suppress(OSError):
+                    while True:
+                        hoard.append(os.open("/dev/null", os.O_RDONLY))
+                print("hoarding", len(hoard), flush=True)
+            elif command == "release":
+                while hoard:
+                    os.close(hoard.pop())
+                print("released", flush=True)
+            else:
+                tasks.cancel_scope.cancel()
+                return
+
+options = {{"use_uvloop": True}} if loop == "uvloop" else {{}}
+context = SimulatedDevice().installed(path) if simulated else contextlib.nullcontext()
+with context:
+    anyio.run(main, backend="trio" if loop == "trio" else "asyncio", backend_options=options)
+"""
+
+
+class Service:
+    """The child process, and its lines as they come."""
+
+    def __init__(self, backend: Backend, runtime: str, loop: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVICE.format(limit=FD_LIMIT), backend.path, runtime, loop,
+             "kernel" if backend.kernel else "sim"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        first = self.next_line(60)
+        assert first.startswith("ready"), first
+        self.pid = int(first.split()[1])
+        self.socket = Registry(runtime).socket_path(self.pid, 0)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+
+    def next_line(self, timeout: float) -> str:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"the service said nothing for {timeout} s; alive: {self.alive}") from None
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def restores_within(self, seconds: float) -> int:
+        """How many restore passes the service reported in the next ``seconds``."""
+        deadline = time.monotonic() + seconds
+        count = 0
+        while (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(queue.Empty):
+                count += self.lines.get(timeout=left).startswith("restored")
+        return count
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> str:
+        if self.alive:
+            self.send("stop")
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        assert self.process.stdin and self.process.stdout and self.process.stderr
+        self.process.stdin.close()
+        errors = self.process.stderr.read()
+        self.process.stderr.close()
+        self._reader.join(30)  # it ends at the end of the output
+        self.process.stdout.close()
+        return errors
+
+
+@pytest.fixture
+def runtime() -> Iterator[str]:
+    directory = tempfile.mkdtemp(prefix="sgf-", dir="/tmp")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def enough_descriptors() -> Iterator[None]:
+    """This process opens the flood: let it hold FLOOD sockets and more."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * FLOOD)), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def prepare_succeeds(runtime: str, within: float = 30) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if cli("--runtime-dir", runtime, "prepare", "--expect", "1", "--timeout", "10") == EXIT_OK:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.fixture(params=["asyncio", "uvloop", "trio"])
+def loop(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.only_abi("v8")  # the control server's behaviour; the ABI plays no part
+def test_a_flood_of_idle_connections_beyond_the_fd_limit_leaves_restores_running(
+    backend: Backend, runtime: str, loop: str, enough_descriptors: None
+) -> None:
+    service = Service(backend, runtime, loop)
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(FLOOD):
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            peer.settimeout(5)
+            peer.connect(str(service.socket))  # then never a byte
+            flood.append(peer)
+        assert service.restores_within(1.5) >= 3, "restores stopped during the flood"
+        assert service.alive, "the service died under the flood"
+    finally:
+        for peer in flood:
+            peer.close()
+    assert prepare_succeeds(runtime), "prepare never succeeded after the flood"
+    assert service.alive
+    assert "Traceback" not in service.stop()
+
+
+@pytest.mark.only_abi("v8")
+def test_a_service_out_of_descriptors_keeps_restoring_and_answers_once_it_has_some(
+    backend: Backend, runtime: str, loop: str
+) -> None:
+    service = Service(backend, runtime, loop)
+    service.send("hoard")
+    while not service.next_line(30).startswith("hoarding"):
+        pass
+    peers = []
+    for _ in range(20):  # each accept fails with EMFILE now
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer.connect(str(service.socket))
+        peers.append(peer)
+    assert service.restores_within(1.5) >= 3, "restores stopped when the descriptors ran out"
+    assert service.alive, "the service died when accept() failed with EMFILE"
+    for peer in peers:
+        peer.close()
+    service.send("release")
+    assert prepare_succeeds(runtime), "prepare never succeeded once descriptors were free again"
+    stderr = service.stop()
+    assert "cannot accept" in stderr and "Traceback" not in stderr, stderr
+
+
+# -- peers that misbehave, and the cap, in this process ------------------------------------------
+
+
+async def connected(path: Path) -> anyio.abc.SocketStream:
+    return await anyio.connect_unix(path)
+
+
+@pytest.mark.once_per_abi
+@pytest.mark.anyio
+@pytest.mark.parametrize("peer", ["silent", "half a line", "gone mid-reply"])
+async def test_a_misbehaving_peer_leaves_the_watcher_serving(backend: Backend, runtime: str, peer: str) -> None:
+    hooks = RestoreHooks()
+    restores: list[int] = []
+    hooks.register(restores.append)
+
+    @hooks.before_snapshot
+    async def flush(generation: int) -> None:
+        await anyio.sleep(0.2)  # the reply is still to come when the peer leaves
+
+    async with restore_watcher(backend.path, hooks=hooks, runtime_dir=runtime) as watcher:
+        assert watcher.lifecycle is not None and watcher.lifecycle.socket_path is not None
+        path = watcher.lifecycle.socket_path
+        stream = await connected(path)
+        if peer == "half a line":
+            await stream.send(b'{"op": "prep')
+        elif peer == "gone mid-reply":
+            await stream.send(b'{"op": "prepare"}\n')
+            await anyio.sleep(0.05)
+            await stream.aclose()
+        new = backend.bump()
+        with anyio.fail_after(30):
+            while watcher.acknowledged != new:  # noqa: ASYNC110 - the watcher exposes no event
+                await anyio.sleep(0.01)
+        assert restores == [new]
+        reply = await control.request(path, {"op": "status"}, 10)
+        assert reply["ok"] and reply["control"] == "up"
+        if peer != "gone mid-reply":
+            await stream.aclose()
+        with anyio.fail_after(30):
+            while True:
+                reply = await control.request(path, {"op": "prepare", "timeout": 10}, 20)
+                if reply["ok"]:
+                    break
+                await anyio.sleep(0.1)  # the first prepare (gone mid-reply) is still running
+
+
+@pytest.mark.once_per_abi
+@pytest.mark.anyio
+async def test_connections_beyond_the_cap_are_refused_at_once(backend: Backend, runtime: str) -> None:
+    async with restore_watcher(backend.path, hooks=RestoreHooks(), runtime_dir=runtime) as watcher:
+        assert watcher.lifecycle is not None and watcher.lifecycle.socket_path is not None
+        path = watcher.lifecycle.socket_path
+        held = [await connected(path) for _ in range(control.MAX_CONNECTIONS)]
+        await anyio.sleep(0.2)  # every one of them accepted, each waiting for its request
+        with anyio.fail_after(2):  # well before the held ones time out (5 s)
+            extra = await connected(path)
+            line = await extra.receive()
+        reply = json.loads(line)
+        assert not reply["ok"] and "busy" in reply["error"] and str(control.MAX_CONNECTIONS) in reply["error"]
+        await extra.aclose()
+        for stream in held:
+            await stream.aclose()
+        with anyio.fail_after(30):
+            while not (await control.request(path, {"op": "status"}, 10))["ok"]:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
