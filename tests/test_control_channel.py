@@ -286,3 +286,53 @@ async def test_connections_beyond_the_cap_are_refused_at_once(backend: Backend, 
         with anyio.fail_after(30):
             while not (await control.request(path, {"op": "status"}, 10))["ok"]:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
+
+
+@pytest.mark.once_per_abi
+@pytest.mark.anyio
+async def test_a_failing_server_is_started_again_and_the_entry_says_so_meanwhile(
+    backend: Backend, runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sysgenid_async.restore import lifecycle
+
+    failures = anyio.Event()
+    binding_fails = True
+    real_accept_loop, real_listener = control._accept_loop, anyio.create_unix_listener
+    calls = 0
+
+    async def failing_once(*args: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("the listening socket broke")  # as a server bug would, after it started
+        await real_accept_loop(*args)  # type: ignore[arg-type]
+
+    async def listener_unless_failing(*args: object, **kwargs: object) -> object:
+        if calls >= 1 and binding_fails:
+            failures.set()
+            raise OSError("cannot bind the control socket again")
+        return await real_listener(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(control, "_accept_loop", failing_once)
+    monkeypatch.setattr(anyio, "create_unix_listener", listener_unless_failing)
+    monkeypatch.setattr(lifecycle, "CONTROL_RESTART_SECONDS", (0.01, 0.02))
+    restores: list[int] = []
+    hooks = RestoreHooks()
+    hooks.register(restores.append)
+    async with restore_watcher(backend.path, hooks=hooks, runtime_dir=runtime) as watcher:
+        await failures.wait()
+        (entry,) = Registry(runtime).entries()
+        assert entry.control == "down", "the entry says the channel is down while it is"
+        new = backend.bump()  # restores go on without the channel
+        with anyio.fail_after(30):
+            while watcher.acknowledged != new:  # noqa: ASYNC110 - the watcher exposes no event
+                await anyio.sleep(0.01)
+        assert restores == [new]
+        binding_fails = False
+        with anyio.fail_after(30):
+            while Registry(runtime).entries()[0].control != "up":  # noqa: ASYNC110 - files
+                await anyio.sleep(0.01)
+        assert watcher.lifecycle is not None and watcher.lifecycle.socket_path is not None
+        reply = await control.request(watcher.lifecycle.socket_path, {"op": "status"}, 10)
+        assert reply["ok"] and reply["control"] == "up"
+    assert calls == 2
