@@ -336,3 +336,59 @@ async def test_a_failing_server_is_started_again_and_the_entry_says_so_meanwhile
         reply = await control.request(watcher.lifecycle.socket_path, {"op": "status"}, 10)
         assert reply["ok"] and reply["control"] == "up"
     assert calls == 2
+
+
+# -- what a restore pass opens ------------------------------------------------------------------
+
+_opened: list[str] | None = None  # while a measurement runs: every file and socket the process opens
+_counting: list[bool] = []
+
+
+def _count_opens(event: str, args: tuple[object, ...]) -> None:
+    if _opened is not None and event in ("open", "socket.__new__"):
+        _opened.append(f"{event} {args[0] if event == 'open' else 'socket'}")
+
+
+@pytest.mark.only_abi("v8")  # on v4 the device is the same, and so are the files a pass opens
+@pytest.mark.anyio
+async def test_what_a_restore_pass_opens(backend: Backend, runtime: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass of sync hooks opens the registry's temporary entry file twice (restoring, then
+    ready), no socket and no device file; an async hook adds one device file (the probe that
+    notices a newer generation meanwhile). Under descriptor exhaustion both are done without."""
+    global _opened
+    if not _counting:
+        sys.addaudithook(_count_opens)  # cannot be removed: it counts only while _opened is a list
+        _counting.append(True)
+    from sysgenid_async.async_device import AsyncSysGenID
+
+    device_files: list[str] = []
+    real_open = AsyncSysGenID.open.__func__  # type: ignore[attr-defined]
+
+    def counted_open(cls: type[AsyncSysGenID], *args: object, **kwargs: object) -> AsyncSysGenID:
+        if _opened is not None:
+            device_files.append(str(args[0] if args else kwargs.get("path")))
+        return real_open(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(AsyncSysGenID, "open", classmethod(counted_open))
+    hooks = RestoreHooks()
+    hooks.register(lambda generation: None, name="sync")
+    measured: dict[str, tuple[list[str], list[str]]] = {}
+    async with restore_watcher(backend.path, hooks=hooks, runtime_dir=runtime) as watcher:
+        for kind in ("sync hooks", "an async hook"):
+            if kind == "an async hook":
+
+                @hooks.register
+                async def reconnect(generation: int) -> None:
+                    await anyio.lowlevel.checkpoint()
+
+            _opened, device_files[:] = [], []
+            new = backend.bump()
+            with anyio.fail_after(30):
+                while watcher.acknowledged != new:  # noqa: ASYNC110 - the watcher exposes no event
+                    await anyio.sleep(0.01)
+            measured[kind], _opened = (_opened, list(device_files)), None
+    for kind, (opened, devices) in measured.items():
+        others = [f for f in opened if not f.endswith(".tmp") and not f.endswith(backend.path)]
+        entry_writes = [f for f in opened if f.endswith(".tmp")]
+        assert len(entry_writes) == 2 and not others, (kind, opened)
+        assert len(devices) == (1 if kind == "an async hook" else 0), (kind, devices)
