@@ -364,7 +364,7 @@ async def test_what_a_restore_pass_opens(backend: Backend, runtime: str, monkeyp
     device_files: list[str] = []
     real_open = AsyncSysGenID.open.__func__  # type: ignore[attr-defined]
 
-    def counted_open(cls: type[AsyncSysGenID], *args: object, **kwargs: object) -> AsyncSysGenID:
+    def counted_open(cls: type[AsyncSysGenID], /, *args: object, **kwargs: object) -> AsyncSysGenID:
         if _opened is not None:
             device_files.append(str(args[0] if args else kwargs.get("path")))
         return real_open(cls, *args, **kwargs)  # type: ignore[no-any-return]
