@@ -392,3 +392,36 @@ async def test_what_a_restore_pass_opens(backend: Backend, runtime: str, monkeyp
         entry_writes = [f for f in opened if f.endswith(".tmp")]
         assert len(entry_writes) == 2 and not others, (kind, opened)
         assert len(devices) == (1 if kind == "an async hook" else 0), (kind, devices)
+
+
+@pytest.mark.once_per_abi
+@pytest.mark.anyio
+async def test_an_entry_that_could_not_be_written_is_written_again(
+    backend: Backend, runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore while the registry cannot be written (no descriptor to spare, say) leaves the
+    entry stale for a while, never for good: ``wait-ready`` would wait on it."""
+    from sysgenid_async.restore import lifecycle
+
+    real_announce = Registry.announce
+    writable = True
+
+    def announce_unless_out_of_descriptors(self: Registry, entry: object) -> None:
+        if not writable:
+            raise OSError(24, "Too many open files")
+        real_announce(self, entry)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Registry, "announce", announce_unless_out_of_descriptors)
+    monkeypatch.setattr(lifecycle, "ANNOUNCE_RETRY_SECONDS", (0.01, 0.05))
+    async with restore_watcher(backend.path, hooks=RestoreHooks(), runtime_dir=runtime) as watcher:
+        writable = False
+        new = backend.bump()
+        with anyio.fail_after(30):
+            while watcher.acknowledged != new:  # noqa: ASYNC110 - the watcher exposes no event
+                await anyio.sleep(0.01)
+        assert Registry(runtime).entries()[0].acknowledged != new, "the write failed: the entry is stale"
+        writable = True
+        with anyio.fail_after(30):
+            while (entry := Registry(runtime).entries()[0]).acknowledged != new:  # noqa: ASYNC110 - files
+                await anyio.sleep(0.01)
+        assert entry.state == "ready"

@@ -14,11 +14,13 @@ A restore cancels a before-snapshot or resume pass at its next checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,10 @@ from .hooks import HookError, HookKind, RestoreHooks, RestoreHooksError
 from .readiness import reloading_state, sd_notify
 from .registry import Registry, WatcherEntry, WatcherState, process_start_time
 
-__all__ = ["ProcessLifecycle"]
+if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["ProcessLifecycle", "plain_errors"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ _instances_lock = threading.Lock()
 DEFAULT_PREPARE_SECONDS = 30.0
 #: The first and the longest pause before the control server is started again after an error.
 CONTROL_RESTART_SECONDS = (0.1, 30.0)
+#: The first and the longest pause before the registry entry is written again after a failed write.
+ANNOUNCE_RETRY_SECONDS = (0.05, 5.0)
 
 
 #: How the runner runs a lifecycle pass: ``run(kind, generation, budget)``.
@@ -51,6 +58,17 @@ PassRunner = Callable[[HookKind, int, "float | None"], Awaitable[LifecyclePass]]
 
 def _hook_errors(errors: list[HookError]) -> list[dict[str, str]]:
     return [{"hook": e.hook.name, "error": repr(e.__cause__)} for e in errors]
+
+
+@contextlib.contextmanager
+def plain_errors() -> Iterator[None]:
+    """Re-raise a lone error out of a task group as itself (trio and anyio group every error)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
 
 
 class _Listening:
@@ -102,6 +120,7 @@ class ProcessLifecycle:
         self._generation = generation
         self._notify = notify
         self._requests: deque[_Request] = deque()  # filled by connections, emptied by the runner
+        self._unannounced = anyio.Event()  # set while the entry on disk is out of date
         #: Called when a request arrives: the runner (the restore watcher) sets it to wake itself.
         self.wake_runner: Callable[[], None] = lambda: None
         self.state = WatcherState.READY
@@ -130,7 +149,24 @@ class ProcessLifecycle:
             try:
                 self.registry.announce(self.entry())
             except OSError as exc:  # a full or vanished directory must not stop the restore
-                logger.error("cannot update the watcher registry at %s: %s", self.registry.path, exc)
+                if not self._unannounced.is_set():
+                    logger.error("cannot update the watcher registry at %s: %s; trying again", self.registry.path, exc)
+                self._unannounced.set()  # the re-announcer writes it again (out of descriptors, say)
+            else:
+                if self._unannounced.is_set():
+                    logger.warning("the watcher registry entry is up to date again")
+                    self._unannounced = anyio.Event()
+
+    async def _announce_again(self) -> None:
+        """Write the entry again after a write failed, pausing longer each time, until one succeeds:
+        a stale entry would hold ``wait-ready`` back."""
+        while True:
+            await self._unannounced.wait()
+            pause = ANNOUNCE_RETRY_SECONDS[0]
+            while self._unannounced.is_set():
+                await anyio.sleep(pause)
+                pause = min(pause * 2, ANNOUNCE_RETRY_SECONDS[1])
+                self._announce(self.state)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Announce, and answer the control socket until cancelled; then withdraw."""
@@ -145,7 +181,10 @@ class ProcessLifecycle:
             control.check_socket_path(path)
             self.acknowledged = self._generation()  # a fresh file starts up to date
             self._announce(self.state)
-            await self._serve_control(path, task_status)
+            with plain_errors():
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._announce_again)
+                    await self._serve_control(path, task_status)
         finally:
             self.registry.withdraw(self.pid, self.instance)
             with _instances_lock:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -46,11 +45,8 @@ from ..device import AbiChoice
 from ..timeouts import Deadline
 from .gate import LifecyclePass, PassOutcome
 from .hooks import HookKind, RestoreHooks, RestoreHooksError, restore_hooks
-from .lifecycle import ProcessLifecycle
+from .lifecycle import ProcessLifecycle, plain_errors
 from .registry import RUNTIME_DIR_VARIABLE, Registry, RegistryError, RegistryPermissionError, service_name
-
-if sys.version_info < (3, 11):  # pragma: no cover - the backport on 3.10
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["RestoreWatcher", "RetryPolicy", "Subscription", "restore_watcher"]
 
@@ -248,7 +244,7 @@ class RestoreWatcher:
                 lifecycle = self._start_lifecycle(handle)
                 self._attach(handle)
                 self._handle = handle
-                with _plain_errors():
+                with plain_errors():
                     async with anyio.create_task_group() as tasks:
                         await tasks.start(lifecycle.serve)
                         task_status.started(self)
@@ -373,17 +369,6 @@ class RestoreWatcher:
 def _moved_on_within(handle: AsyncSysGenID, generation: int, deadline: Deadline) -> Callable[[], Awaitable[bool]]:
     """A restartable wait: whether the device leaves ``generation`` before ``deadline``."""
     return lambda: moved_on(handle, generation, deadline.remaining())
-
-
-@contextlib.contextmanager
-def _plain_errors() -> Iterator[None]:
-    """Re-raise a lone error out of a task group as itself (trio groups every error)."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise group.exceptions[0] from None
-        raise
 
 
 @contextlib.asynccontextmanager
