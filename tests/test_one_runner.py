@@ -414,3 +414,21 @@ async def test_a_child_forked_during_a_pass_runs_its_own_and_the_parent_goes_on(
         await until(lambda: watcher.acknowledged == new)
     assert answer == repr((True, True, (pid, new))), answer
     assert ran == [(os.getpid(), new)], "the parent's pass ran once, in the parent"
+
+
+@pytest.mark.anyio
+async def test_a_slow_subscriber_does_not_hold_the_next_generations_hooks(default_device: Backend) -> None:
+    backend = default_device
+    hooks = RestoreHooks()
+    ran: list[int] = []
+    hooks.register(ran.append)
+    async with restore_watcher(backend.path, hooks=hooks, announce=False) as watcher:
+        subscription = watcher.subscribe()
+        first = backend.bump()
+        with anyio.fail_after(30):
+            assert await subscription.__anext__() == first  # then its loop body takes its time
+        second = backend.bump()
+        with anyio.fail_after(10):
+            assert await restored(hooks=hooks) == second, "the hooks waited for a subscriber"
+        assert ran == [first, second]
+        subscription.close()

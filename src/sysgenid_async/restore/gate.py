@@ -57,6 +57,7 @@ __all__ = [
     "PassOutcome",
     "RestoreGate",
     "RestoreProgress",
+    "cancelled_when",
     "restored",
     "run_restore_pass",
 ]
@@ -343,7 +344,7 @@ class RestoreGate:
             probe = self.probe()
             body = self._run_pass(progress, lambda: probe.generation == generation)
             if any(not hook.runs_inline for hook in progress.hooks[progress.index:]):
-                await _cancelled_when(moved_on, body)
+                await cancelled_when(moved_on, body)
             else:
                 await body  # no await inside: each hook looks at the page before it runs
             with self._cond:
@@ -375,7 +376,7 @@ class RestoreGate:
             result = LifecyclePass()
             token = _running_hooks.set(self)
             try:
-                await _cancelled_when(moved_on, hooks.run_lifecycle_into(result, kind, generation, budget))
+                await cancelled_when(moved_on, hooks.run_lifecycle_into(result, kind, generation, budget))
             finally:
                 _running_hooks.reset(token)
             result.superseded = self.probe().generation != generation
@@ -551,7 +552,7 @@ async def run_restore_pass(
         note(hook, hook.attempt_inline(generation) if hook.runs_inline else await hook.attempt(generation))
 
 
-async def _cancelled_when(moved_on: MovedOn, body: Awaitable[None]) -> None:
+async def cancelled_when(moved_on: MovedOn, body: Awaitable[None]) -> None:
     """Run ``body``, cancelled at its next checkpoint once ``moved_on`` returns."""
     async with anyio.create_task_group() as tasks:
 

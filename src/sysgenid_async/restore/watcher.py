@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 from ..async_device import AsyncSysGenID, moved_on
 from ..device import AbiChoice
 from ..timeouts import Deadline
-from .gate import LifecyclePass, PassOutcome
+from .gate import LifecyclePass, PassOutcome, cancelled_when
 from .hooks import HookKind, RestoreHooks, RestoreHooksError, restore_hooks
 from .lifecycle import ProcessLifecycle, plain_errors
 from .registry import RUNTIME_DIR_VARIABLE, Registry, RegistryError, RegistryPermissionError, service_name
@@ -363,7 +363,15 @@ class RestoreWatcher:
             del pending  # hold no subscriber while waiting: dropping one must free it
             if handle.generation != generation:
                 return False
-            await self._serving_requests(lifecycle, progress.wait)
+            # A newer generation ends the wait: its hooks must not wait for a slow loop body.
+            await self._serving_requests(lifecycle, _progress_or_moved_on(handle, generation, progress))
+
+
+def _progress_or_moved_on(
+    handle: AsyncSysGenID, generation: int, progress: anyio.Event
+) -> Callable[[], Awaitable[None]]:
+    """A restartable wait: until ``progress`` is set, or the device leaves ``generation``."""
+    return lambda: cancelled_when(lambda: moved_on(handle, generation, None), progress.wait())
 
 
 def _moved_on_within(handle: AsyncSysGenID, generation: int, deadline: Deadline) -> Callable[[], Awaitable[bool]]:
