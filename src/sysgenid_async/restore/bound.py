@@ -12,8 +12,8 @@ Only a changed generation takes the lock and calls the factory again.
 A value is never built from state older than its generation: before it calls the factory
 for a new generation, it asks the restore gate of its hook registry (the process's, by
 default) to confirm that every restore hook up to its ``phase`` has succeeded for that
-generation, and runs them there if they are sync and nobody has yet (see
-:mod:`~sysgenid_async.restore.gate`).
+generation: it waits for the restore watcher's pass, or, with no watcher, runs the sync hooks
+there (see :mod:`~sysgenid_async.restore.gate`).
 
 The generation comes from a probe: the one given (``probe=``), else the one the gate of the
 value's registry hands out (:meth:`~sysgenid_async.restore.gate.RestoreGate.probe`). While
