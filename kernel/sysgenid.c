@@ -73,13 +73,14 @@ struct sg_flavour {
 	const char *name;
 	int abi;			/* 0: either */
 	/*
-	 * The counter is an int: a minimum of 2^31 or more is ignored, and the
-	 * value after 0x7fffffff is 0.
+	 * The next value is max(min, current + 1) in an int, stored as it is:
+	 * current + 1 wraps from 0x7fffffff to -2^31, and a minimum of 2^31 or
+	 * more is negative.
 	 */
 	bool signed_counter;
 	/*
-	 * A trigger counts every tracked watcher as outdated, even those that
-	 * acknowledged the value it left in place.
+	 * A trigger counts every tracked watcher as outdated, even those already
+	 * at the value it left in place.
 	 */
 	bool recount_all_tracked;
 	bool tracking_any_nonzero;	/* SET_WATCHER_TRACKING(n != 0) is on */
@@ -109,6 +110,7 @@ static const struct sg_flavour sg_flavours[] = {
 		.name = "v4-patch",
 		.abi = 4,
 		.signed_counter = true,
+		.recount_all_tracked = true,
 		.restart_on_signal = true,
 		.private_mapping = true,
 		.caller_userns_capability = true,
@@ -195,13 +197,12 @@ static bool sg_watcher_outdated(struct sg_watcher *w)
 /* Caller holds sg.lock. max(min_gen, current + 1), as the flavour computes it. */
 static u32 sg_next_generation_locked(u32 min_gen)
 {
-	s32 next;
+	/* u32 arithmetic: 0xffffffff + 1 wraps to 0 */
+	u32 next = sg.page[0] + 1;
 
-	/* u32: 0xffffffff + 1 wraps to 0 */
-	if (!sg_flavour->signed_counter)
-		return max_t(u32, min_gen, sg.page[0] + 1);
-	next = sg.page[0] >= S32_MAX ? 0 : sg.page[0] + 1;
-	return max_t(s32, (s32)min_gen, next);
+	if (sg_flavour->signed_counter)
+		return (u32)max_t(s32, (s32)min_gen, (s32)next);
+	return max_t(u32, min_gen, next);
 }
 
 /*

@@ -318,7 +318,8 @@ _CAPS = {"CAP_CHECKPOINT_RESTORE": "checkpoint_restore", "CAP_SYS_ADMIN": "sys_a
 
 
 def top_of(backend: Backend) -> int:
-    """The counter's greatest value: u32, or a signed int's on a driver with a signed counter."""
+    """Where ``trigger(value)`` changes nothing: the u32 top, or a signed int's on a driver that
+    computes in one (there the counter goes higher only when forced)."""
     return 2**31 - 1 if Quirk.SIGNED_COUNTER in backend.quirks else 2**32 - 1
 
 

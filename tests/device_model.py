@@ -28,6 +28,11 @@ U32 = 2**32
 INT_MAX = 2**31 - 1
 
 
+def _signed(value: int) -> int:
+    """A u32 as the C int it is on a two's-complement machine."""
+    return value - U32 if value > INT_MAX else value
+
+
 @dataclass
 class OpenFile:
     acked: int
@@ -106,16 +111,18 @@ class DeviceModel:
         return 0
 
     def trigger(self, minimum: int) -> None:
-        """max(minimum, current + 1), in u32: past 2**32 - 1 the next is 0.
+        """max(minimum, current + 1): in u32, past 2**32 - 1 the next is 0.
 
-        With SIGNED_COUNTER, in a signed int: a minimum of 2**31 or more is negative, so
-        ignored, and after INT_MAX comes 0.
+        With SIGNED_COUNTER the drivers compute it in a signed 32-bit int and store the
+        result as it is: u32 values of 2**31 and more are negative there, and current + 1
+        wraps from INT_MAX to INT_MIN. With RECOUNT_ALL_TRACKED every tracked file is
+        counted afterwards, up to date or not.
         """
+        following = (self.generation + 1) % U32
         if Quirk.SIGNED_COUNTER in self.quirks:
-            signed = minimum - U32 if minimum > INT_MAX else minimum
-            self.generation = max(signed, 0 if self.generation >= INT_MAX else self.generation + 1)
+            self.generation = max(_signed(minimum), _signed(following)) % U32
         else:
-            self.generation = max(minimum % U32, (self.generation + 1) % U32)
+            self.generation = max(minimum % U32, following)
         every_tracked = Quirk.RECOUNT_ALL_TRACKED in self.quirks
         self.counted = {
             file_id for file_id, file in self.files.items()

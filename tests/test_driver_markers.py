@@ -73,7 +73,7 @@ def test_a_known_quirk_makes_a_strict_expected_failure() -> None:
     assert _outcome(FLAVOUR, mark) == _outcome(NAMED, mark) == (
         f"xfail: amazon-linux: {Quirk.SIGNED_COUNTER.description}"
     )
-    assert _outcome(BackendSpec.parse("sim-v4-patch"), pytest.mark.breaks_on(Quirk.RECOUNT_ALL_TRACKED)) == "run"
+    assert _outcome(BackendSpec.parse("sim-v4-patch"), pytest.mark.breaks_on(Quirk.TRACKING_ANY_NONZERO)) == "run"
 
 
 def test_a_quirks_own_test_runs_only_where_the_driver_has_it() -> None:

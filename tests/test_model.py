@@ -1,7 +1,8 @@
 """Differential, model-based testing: the reference model against the simulator and the kernel.
 
 A hypothesis state machine opens, shares (as dup or fork would), reads, acknowledges (the
-right value, a wrong one, a wrong size), polls, triggers (near 2**32 too), toggles v8
+right value, a wrong one, a wrong size), polls, triggers (around 2**31 and near 2**32, and
+at the current value), toggles v8
 tracking, counts and waits for watchers with a short timeout, and closes, in random order.
 After every step every handle's readiness and the generation must match the model in
 tests/device_model.py. The same machine runs on the simulator here and on the kernel
@@ -155,6 +156,12 @@ class DeviceMachine(RuleBasedStateMachine):
     def trigger(self, minimum: int) -> None:
         self.backend.bump(minimum)
         self.model.trigger(minimum)
+
+    # the current value itself (no change at a signed counter's 2**31 - 1, or at 2**32 - 1),
+    # and its neighbours
+    @rule(offset=st.sampled_from([-1, 0, 1]))
+    def trigger_at_the_current(self, offset: int) -> None:
+        self.trigger((self.model.generation + offset) % U32)
 
     @precondition(lambda self: self.model.abi is Abi.V8)
     @rule(handle=handles, value=st.sampled_from([0, 1, 2]))

@@ -1,7 +1,7 @@
 """A trigger storm on the kernel device while 64 library watchers follow it (guest only).
 
-100,000 forced changes, from 50,000 below the counter's top (2**32, or 2**31 where it is a
-signed int) so the counter wraps mid-storm, while
+100,000 forced changes, from 50,000 below where plain changes wrap (2**32, or 2**31 where
+the driver computes in a signed int) so the counter wraps mid-storm, while
 four processes of sixteen ``watch()`` loops read and acknowledge concurrently. At the end
 every watcher has seen the final generation and acknowledged it, the device counts no
 outdated watcher, and no watcher ever saw the generation go backwards (other than by the
@@ -39,7 +39,7 @@ def test_a_trigger_storm_loses_nothing(backend: Backend, report_figures: Callabl
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(backend.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     trigger = ctypes.c_ulong(backend.abi.trigger_request)
-    # The counter wraps after 2**32 - 1, or after 2**31 - 1 where it is a signed int.
+    # Plain changes wrap after 2**32 - 1, or after 2**31 - 1 where the driver computes in a signed int.
     modulus = 2**31 if Quirk.SIGNED_COUNTER in backend.quirks else 2**32
     start = modulus - 50_000
     # Near the top before the watchers open: what they see is the storm's steps of one.

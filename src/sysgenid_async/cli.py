@@ -512,7 +512,7 @@ def _wait_watchers(options: argparse.Namespace) -> int:
             break
     record = {"result": result.value, "generation": generation, "outdated_watchers": outdated}
     if result is WaitResult.TIMED_OUT:
-        cause = likely_cause_of_timeout(abi, generation)
+        cause = likely_cause_of_timeout(generation)
         count = f"{outdated} watchers" if outdated is not None else "watchers (v8 keeps no count)"
         print(f"sysgenid-async: wait-watchers: timed out at generation {generation} with {count} still outdated"
               + (f"; {cause}" if cause else ""), file=sys.stderr)

@@ -342,8 +342,8 @@ def _counter_width(subject: _Subject) -> str:
     if after > _INT_MAX or top > _INT_MAX:
         return f"{top} -> {after}"
     raise _QuirkError(
-        f"a signed counter: {top} -> {after}. The counter can come back to a value it had; the library "
-        "compares generations with != and sees every change"
+        f"a signed counter: {top} -> {after}. The counter comes back to values it had (and jumps into the "
+        "upper half and back when forced there); the library compares generations with != and sees every change"
     )
 
 
@@ -354,9 +354,52 @@ def _minimum_width(subject: _Subject) -> str:
     if after >= minimum:
         return f"trigger({minimum}): {before} -> {after}"
     raise _QuirkError(
-        f"trigger({minimum}) gave {after}: the minimum is compared as a signed int, so 2**31 and more are "
-        "ignored; the library reports the generation the device gives, never the minimum asked for"
+        f"trigger({minimum}) at {before} gave {after}: the driver compares in a signed int, where 2**31 and "
+        "more are negative, so such a minimum is ignored below 2147483647 and taken as it is from there; "
+        "the library reports the generation the device gives, never the minimum asked for"
     )
+
+
+def _caught_up(raw: RawFile, abi: Abi) -> bool:
+    try:
+        raw.ioctl(abi.wait_watchers_request, 1)
+    except OSError as exc:
+        if exc.errno in (errno.EINTR, errno.ETIME):
+            return False
+        raise
+    return True
+
+
+def _no_change_counts_nobody(subject: _Subject) -> str:
+    """A trigger whose minimum is the current value, at 2147483647 (or at 2**32 - 1, where a u32
+    counter has nowhere to go), changes nothing; watchers that acknowledged must stay uncounted."""
+    raw, abi, words = subject.raw, subject.abi, subject.words
+    other = open_raw(subject.path)  # a second watcher, besides this file
+    try:
+        if abi is Abi.V8:
+            other.ioctl(uapi.SYSGENID_V8_SET_WATCHER_TRACKING, 1)
+        top = _trigger_and_ack(subject, _INT_MAX)
+        other.write(_u32(top))
+        if not _caught_up(raw, abi):
+            raise _SkippedError("other watchers on this machine are outdated: a count cannot be told apart")
+        raw.ioctl(abi.trigger_request, top)
+        now = int(words[0])
+        if now != top:
+            raw.write(_u32(now))
+            other.write(_u32(now))
+            return f"trigger({top}) at {top} gave {now}: a change"
+        if _caught_up(raw, abi):
+            return f"trigger({top}) at {top} changed nothing, and counted nobody"
+        # Clear it for the machine's other watchers: the next change counts afresh.
+        after = _trigger_and_ack(subject, 0)
+        other.write(_u32(after))
+        raise _QuirkError(
+            f"trigger({top}) at {top} changed nothing, yet counted every watcher as outdated, even those that "
+            "acknowledged: WAIT_WATCHERS times out until the next change (cleared here by one more trigger). "
+            "The orchestrator and wait-watchers name this cause"
+        )
+    finally:
+        other.close()
 
 
 _UNSHARED_TRIGGER = textwrap.dedent("""
@@ -446,6 +489,7 @@ _CHECKS: tuple[_Check, ...] = (
     _Check("trigger, read, poll, caller-outdated wait, ack", _trigger_round_trip, trigger=True),
     _Check("the counter is a u32 (after 2147483647 comes 2147483648)", _counter_width, trigger=True),
     _Check("a minimum of 2**31 or more is honoured", _minimum_width, trigger=True),
+    _Check("a trigger that changes nothing counts nobody as outdated", _no_change_counts_nobody, trigger=True),
     _Check("a trigger from an unprivileged user namespace is refused", _user_namespace_trigger, trigger=True),
 )
 

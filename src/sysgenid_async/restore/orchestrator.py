@@ -35,18 +35,22 @@ Callback = Callable[[int], "Awaitable[None] | None"]
 _SIGNED_TOP = 2**31 - 1
 
 
-def likely_cause_of_timeout(abi: Abi, generation: int) -> str | None:
+def likely_cause_of_timeout(generation: int) -> str | None:
     """What, besides a slow watcher, can keep WAIT_WATCHERS from ever succeeding at ``generation``.
 
-    Amazon Linux's v8 driver stops its counter at 2147483647. There, a trigger that changes
-    nothing counts every tracked watcher as outdated, up to date or not, and nobody can take
-    itself off that count (not by acknowledging, not by closing) until the next change.
+    On both shipped drivers (Amazon Linux's v8 driver and the v4 patch), ``trigger(2147483647)``
+    at 2147483647 leaves the counter where it is (their arithmetic is a signed int's) and
+    counts every tracked watcher as outdated, those at 2147483647 included; none of them can
+    take itself off that count, not by acknowledging, not by closing, until the next change.
+    A tool that forces "the maximum" does exactly that. On v4 the count then names files
+    that are not late at all.
     """
-    if abi is Abi.V8 and generation == _SIGNED_TOP:
+    if generation == _SIGNED_TOP:
         return (
-            f"generation {generation} is where Amazon Linux's v8 driver stops counting; after a trigger there "
-            "that changed nothing, it counts every tracked watcher as outdated, even those that acknowledged, "
-            "until the next change: trigger once more (sysgenid-async trigger) to clear it"
+            f"at generation {generation}, a trigger whose minimum is {generation} changes nothing on the "
+            "shipped drivers (Amazon Linux's v8 driver and the v4 patch), yet counts every watcher as "
+            "outdated, even those that acknowledged, until the next change: trigger once more "
+            "(sysgenid-async trigger) to clear it"
         )
     return None
 
@@ -143,7 +147,7 @@ class Orchestrator:
         named = tuple(self._late_processes(generation))
         return OrchestrationReport(
             generation, result, late, restarts, time.monotonic() - started,
-            likely_cause_of_timeout(handle.abi, generation), named,
+            likely_cause_of_timeout(generation), named,
             None if late is None else max(0, late - len(named)),
         )
 

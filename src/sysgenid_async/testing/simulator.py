@@ -34,12 +34,16 @@ class Quirk(str, enum.Enum):
     docs/drivers.md says what each means for a client, and what the library does about it.
     """
 
-    #: The counter is a signed int: a minimum of 2**31 or more is ignored, and the value
-    #: after 0x7FFFFFFF is 0 (so the counter can come back to a value it had before).
+    #: The next value is ``max((int)min, (int)current + 1)`` in a signed 32-bit int, stored
+    #: as a u32. Below 0x7FFFFFFF a minimum of 2**31 or more is negative, so ignored; at
+    #: 0x7FFFFFFF, ``current + 1`` overflows to -2**31, so a plain change gives 0 and a
+    #: minimum of 2**31 or more is taken as it is; from the upper half a plain change gives 0
+    #: again. The counter comes back to values it had.
     SIGNED_COUNTER = "signed-counter"
-    #: A trigger counts every tracked watcher as outdated, even one that acknowledged the
-    #: value the trigger left in place: after ``trigger(0x7FFFFFFF)`` at 0x7FFFFFFF, every
-    #: WAIT_WATCHERS times out until the next real change.
+    #: A trigger counts every tracked watcher as outdated, even one already at the value the
+    #: trigger left: after ``trigger(0x7FFFFFFF)`` at 0x7FFFFFFF (no change), every
+    #: WAIT_WATCHERS times out until the next real change, since neither an acknowledgement
+    #: nor a close takes an up-to-date file off the count.
     RECOUNT_ALL_TRACKED = "recount-all-tracked"
     #: SET_WATCHER_TRACKING takes any non-zero argument as on (ours: EINVAL above 1).
     TRACKING_ANY_NONZERO = "tracking-any-nonzero"
@@ -79,27 +83,49 @@ class Flavour(str, enum.Enum):
 
 
 _SHIPPED = frozenset({
-    Quirk.SIGNED_COUNTER, Quirk.RESTART_ON_SIGNAL, Quirk.PRIVATE_MAPPING, Quirk.CALLER_USERNS_CAPABILITY,
-    Quirk.ROOT_ONLY_NODE,
+    Quirk.SIGNED_COUNTER, Quirk.RECOUNT_ALL_TRACKED, Quirk.RESTART_ON_SIGNAL, Quirk.PRIVATE_MAPPING,
+    Quirk.CALLER_USERNS_CAPABILITY, Quirk.ROOT_ONLY_NODE,
 })
 _FLAVOUR_ABI = {Flavour.AMAZON_LINUX: Abi.V8, Flavour.V4_PATCH: Abi.V4}
 _FLAVOUR_QUIRKS = {
     Flavour.SYSGENID_ASYNC: frozenset(),
-    Flavour.AMAZON_LINUX: _SHIPPED | {Quirk.RECOUNT_ALL_TRACKED, Quirk.TRACKING_ANY_NONZERO},
+    Flavour.AMAZON_LINUX: _SHIPPED | {Quirk.TRACKING_ANY_NONZERO},
     Flavour.V4_PATCH: _SHIPPED,
 }
-_INT_MAX = 2**31 - 1
 _QUIRK_DESCRIPTIONS = {
-    Quirk.SIGNED_COUNTER: "the counter is a signed int: a minimum of 2**31 or more is ignored, and after "
-                          "2147483647 comes 0",
-    Quirk.RECOUNT_ALL_TRACKED: "a trigger counts every tracked watcher as outdated, even one that acknowledged "
-                               "the value it left in place",
+    Quirk.SIGNED_COUNTER: "the next value is max(min, current + 1) in a signed int: after 2147483647 comes 0, "
+                          "and a minimum of 2**31 or more is ignored below 2147483647 but taken at it",
+    Quirk.RECOUNT_ALL_TRACKED: "a trigger counts every tracked watcher as outdated, even one already at the "
+                               "value it left in place",
     Quirk.TRACKING_ANY_NONZERO: "SET_WATCHER_TRACKING takes any non-zero argument as on",
     Quirk.RESTART_ON_SIGNAL: "a signal restarts WAIT_WATCHERS (ERESTARTSYS) with its full timeout",
     Quirk.PRIVATE_MAPPING: "a read-only MAP_PRIVATE mapping is accepted",
     Quirk.CALLER_USERNS_CAPABILITY: "the trigger's capability is checked in the caller's user namespace",
     Quirk.ROOT_ONLY_NODE: "the node is 0600: only root opens it without a udev rule",
 }
+
+
+def _as_int32(value: int) -> int:
+    """A u32 read as a two's-complement signed 32-bit int."""
+    return value - 2**32 if value >= 2**31 else value
+
+
+def _next_generation(current: int, minimum: int, quirks: frozenset[Quirk] = frozenset()) -> int:
+    """The generation a trigger with ``minimum`` leaves at ``current``: ``max(min, current + 1)``.
+
+    In u32 on the project's module; with :attr:`Quirk.SIGNED_COUNTER`, in a signed 32-bit
+    int whose ``current + 1`` wraps (the kernel builds with ``-fno-strict-overflow``), the
+    result stored as it is.
+    """
+    after = (current + 1) & uapi.GENERATION_MAX
+    if Quirk.SIGNED_COUNTER in quirks:
+        return max(_as_int32(minimum), _as_int32(after)) & uapi.GENERATION_MAX
+    return max(minimum, after)
+
+
+def _counts_as_outdated(acked: int, generation: int, quirks: frozenset[Quirk] = frozenset()) -> bool:
+    """Whether a trigger that left ``generation`` counts a tracked file that acknowledged ``acked``."""
+    return acked != generation or Quirk.RECOUNT_ALL_TRACKED in quirks
 
 
 def _oserror(code: int) -> OSError:
@@ -154,16 +180,15 @@ class SimulatedDevice:
             return len(self._files)
 
     def bump(self, min_generation: int = 0) -> int:
-        """Change the generation as a restore would: ``max(min, current + 1)`` in u32."""
+        """Change the generation as a trigger does: ``max(min, current + 1)``, in u32 or,
+        with :attr:`Quirk.SIGNED_COUNTER`, in a signed int."""
         validate_generation(min_generation, "min_generation")
         with self._cond:
-            new = self._next_generation(min_generation)
+            new = _next_generation(self._words[0], min_generation, self.quirks)
             self._words[0] = new
-            recount_all = Quirk.RECOUNT_ALL_TRACKED in self.quirks
-            self._outdated = 0
+            self._outdated = sum(file.tracked and _counts_as_outdated(file.acked, new, self.quirks)
+                                 for file in self._files)
             for file in self._files:
-                if file.tracked and (file.acked != new or recount_all):
-                    self._outdated += 1
                 file._sync_readiness()
             self._cond.notify_all()
             return new
@@ -203,13 +228,6 @@ class SimulatedDevice:
                         os.environ[name] = value
 
     # -- the driver side, called by SimulatedFile with self._cond held ---------------
-
-    def _next_generation(self, min_generation: int) -> int:
-        current = self._words[0]
-        if Quirk.SIGNED_COUNTER not in self.quirks:
-            return max(min_generation, (current + 1) & uapi.GENERATION_MAX)
-        minimum = min_generation - 2**32 if min_generation > _INT_MAX else min_generation
-        return max(minimum, 0 if current >= _INT_MAX else current + 1)
 
     def _forget(self, file: SimulatedFile) -> None:
         self._files.remove(file)
