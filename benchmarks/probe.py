@@ -47,7 +47,7 @@ def run(device: DeviceUnderTest, results: Results, *, rounds: int, number: int) 
     from sysgenid_async import AsyncSysGenID
     from sysgenid_async.device import Device
     from sysgenid_async.restore import GenerationBound, generation_bound
-    from sysgenid_async.restore.gate import close_process_probe
+    from sysgenid_async.restore.probe import close_process_probe
 
     probe_device = Device.open(device.path, watcher=False)
     handle = AsyncSysGenID.open(device.path, watcher=False)

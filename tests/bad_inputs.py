@@ -42,7 +42,7 @@ from sysgenid_async.restore import (
     RetryPolicy,
     generation_bound,
 )
-from sysgenid_async.restore.gate import restored
+from sysgenid_async.restore import restored
 from sysgenid_async.restore.registry import Registry, RegistryError, RegistryPermissionError
 from sysgenid_async.restore.reseed import register_random
 from sysgenid_async.uapi import Abi

@@ -307,7 +307,7 @@ def test_a_spawned_process_is_told_the_simulator_is_in_process_only() -> None:
     sim = SimulatedDevice()
     with sim.installed("/dev/sysgenid-only-in-this-process"):
         done = subprocess.run(
-            [sys.executable, "-c", "from sysgenid_async import Device; Device.open()"],
+            [sys.executable, "-c", "from sysgenid_async.device import Device; Device.open()"],
             capture_output=True, text=True, check=False, timeout=60,
         )
     assert done.returncode != 0

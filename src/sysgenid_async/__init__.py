@@ -18,7 +18,6 @@ its waiter registry, no event loop), :mod:`~sysgenid_async.async_device`,
 :mod:`~sysgenid_async.testing`.
 """
 
-from ._moved import moved_attribute
 from ._version import __version__
 from .async_device import AsyncSysGenID, open_sysgenid
 from .blocking import BlockingSysGenID, watch_blocking
@@ -50,7 +49,3 @@ __all__ = [
     "watch",
     "watch_blocking",
 ]
-
-# The names that moved to sysgenid_async.restore and sysgenid_async.errors: one more
-# release from here, with a DeprecationWarning.
-__getattr__ = moved_attribute

@@ -38,7 +38,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .restore.callbacks import maybe_await
-from .restore.hooks import Phase, RestoreHooks, restore_hooks
+from .restore.hooks import RestoreHooks, restore_hooks
+from .restore.phases import Phase
 from .restore.reseed import Reopenable
 
 __all__ = ["reconnect_on_restore", "reopen_on_restore", "stop_reconnecting"]

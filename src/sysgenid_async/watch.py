@@ -19,6 +19,7 @@ import warnings
 from types import TracebackType
 
 import anyio
+from anyio.abc import AsyncResource
 
 from .async_device import AsyncSysGenID
 from .device import AbiChoice
@@ -27,7 +28,7 @@ from .errors import DeviceClosedError
 __all__ = ["watch"]
 
 
-class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
+class watch(AsyncResource):  # noqa: N801 - used like a function: ``async for gen in watch()``
     """Yield each new generation of the device; acknowledge it when the loop body is done.
 
     - The generation yielded is acknowledged when the loop body finishes without an
@@ -129,12 +130,10 @@ class watch:  # noqa: N801 - used like a function: ``async for gen in watch()``
     async def aclose(self) -> None:
         self.close()
 
-    async def __aenter__(self) -> watch:
-        return self
-
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Close (AsyncResource's exit), acknowledging first when the block finished without an error."""
         try:
             if exc_type is None and not self._closed:
                 self.acknowledge()  # the block finished its work: the last generation is handled

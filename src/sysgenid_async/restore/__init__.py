@@ -22,19 +22,9 @@ watcher processes), :mod:`~sysgenid_async.restore.control` (their control socket
 
 from ..errors import RestorePendingError, RestoreWatcherRunningError
 from .bound import AsyncGenerationBound, GenerationBound, generation_bound
-from .gate import restored
-from .hooks import (
-    HookError,
-    HookKind,
-    Phase,
-    RestoreHooks,
-    RestoreHooksError,
-    on_before_snapshot,
-    on_restore,
-    on_resume,
-    restore_hooks,
-)
+from .hooks import RestoreHooks, on_before_snapshot, on_restore, on_resume, restore_hooks, restored
 from .orchestrator import OrchestrationReport, Orchestrator
+from .phases import HookError, HookKind, Phase, RestoreHooksError
 from .reseed import (
     ProcessIdentity,
     Reopenable,

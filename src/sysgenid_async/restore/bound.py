@@ -35,8 +35,10 @@ from typing import Generic, TypeVar, overload
 import anyio
 
 from ..device import Device
-from .gate import RESTORE_WAIT_SECONDS, GenerationProbe, RestoreGate
-from .hooks import RestoreHooks, check_callable_as, restore_hooks
+from .callbacks import check_callable_as
+from .gate import RESTORE_WAIT_SECONDS, RestoreGate
+from .hooks import RestoreHooks, restore_hooks
+from .probe import GenerationProbe
 
 __all__ = ["AsyncGenerationBound", "GenerationBound", "GenerationProbe", "generation_bound"]
 
@@ -171,7 +173,7 @@ class AsyncGenerationBound(_Bound, Generic[T]):
             _, generation = self._current()
             if generation == self._generation:
                 return self._value  # type: ignore[return-value]
-            await self._gate.restored(generation, self._phase, RESTORE_WAIT_SECONDS)
+            await self._gate.wait_restored(generation, self._phase, RESTORE_WAIT_SECONDS)
             if self._lock is None:
                 self._lock = anyio.Lock()
             async with self._lock:

@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..errors import SysGenIDError
 
@@ -101,20 +102,22 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     return op, message
 
 
+class _EmptyMessageError(ProtocolError):
+    """The peer closed before sending anything: for a client, the process gave no reply."""
+
+
 async def _read_line(stream: anyio.abc.ByteReceiveStream) -> bytes:
-    data = b""
-    while b"\n" not in data:
-        try:
-            data += await stream.receive(MESSAGE_LIMIT + 1)
-        except anyio.EndOfStream:
-            break  # a peer may end its request by shutting down its side
-        if len(data) > MESSAGE_LIMIT:
-            raise ProtocolError(f"message longer than {MESSAGE_LIMIT} bytes")
-    line = data.split(b"\n", 1)[0]
+    buffered = BufferedByteReceiveStream(stream)
+    try:
+        line = await buffered.receive_until(b"\n", MESSAGE_LIMIT + 1)
+    except anyio.IncompleteRead:
+        line = buffered.buffer  # a peer may end its request by shutting down its side
+    except anyio.DelimiterNotFound:
+        raise ProtocolError(f"message longer than {MESSAGE_LIMIT} bytes") from None
     if len(line) > MESSAGE_LIMIT:
         raise ProtocolError(f"message longer than {MESSAGE_LIMIT} bytes")
     if not line:
-        raise ProtocolError("malformed message: empty")
+        raise _EmptyMessageError("malformed message: empty")
     return line
 
 
@@ -255,9 +258,9 @@ async def request(path: str | os.PathLike[str], message: Mapping[str, Any], time
                 await stream.send(_encode(message))
                 try:
                     line = await _read_line(stream)
+                except _EmptyMessageError:
+                    raise ControlError("closed without a reply (the process died, or refused)") from None
                 except ProtocolError as exc:
-                    if "empty" in str(exc):
-                        raise ControlError("closed without a reply (the process died, or refused)") from None
                     raise ControlError(f"malformed reply: {exc}") from None
                 except (anyio.BrokenResourceError, OSError) as exc:
                     raise ControlError(f"connection lost: {exc}") from None

@@ -28,8 +28,9 @@ import anyio
 import anyio.abc
 
 from . import control
-from .gate import LifecyclePass
-from .hooks import HookError, HookKind, RestoreHooks, RestoreHooksError
+from .hooks import RestoreHooks
+from .passes import LifecyclePass
+from .phases import HookError, HookKind, RestoreHooksError
 from .readiness import reloading_state, sd_notify
 from .registry import Registry, WatcherEntry, WatcherState, process_start_time
 

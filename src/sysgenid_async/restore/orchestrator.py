@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from anyio.abc import AsyncResource
+
 from ..async_device import AsyncSysGenID
 from ..device import AbiChoice, WaitResult
 from ..errors import StaleGenerationError
@@ -81,7 +83,7 @@ class OrchestrationReport:
         return self.result is WaitResult.CAUGHT_UP
 
 
-class Orchestrator:
+class Orchestrator(AsyncResource):
     """Waits, on each generation change, until every watcher on the machine has caught up."""
 
     def __init__(
@@ -107,7 +109,8 @@ class Orchestrator:
         self._handle = AsyncSysGenID.open(self.path, abi=self.abi)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def aclose(self) -> None:
+        """Close the device (``async with`` does it on the way out)."""
         if self._handle is not None:
             self._handle.close()
             self._handle = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import json
 import os
 import stat
@@ -55,8 +56,8 @@ class RegistryPermissionError(RegistryError, PermissionError):
     """The registry directory is not private to this user (owner, mode, or a symlink)."""
 
 
-class WatcherState:
-    """What a process's hooks are doing, as its entry says (plain strings in the JSON)."""
+class WatcherState(str, enum.Enum):
+    """What a process's hooks are doing, as its entry says (the values are the JSON's strings)."""
 
     #: caught up with the generation it acknowledged
     READY = "ready"
@@ -70,6 +71,12 @@ class WatcherState:
     PREPARED = "prepared"
     #: running its resume hooks
     RESUMING = "resuming"
+
+    def __str__(self) -> str:  # the value, as enum.StrEnum (3.11+) gives it
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ import anyio
 
 from .bound import GenerationBound
 from .callbacks import maybe_await
-from .hooks import Phase, RestoreHooks, restore_hooks
+from .hooks import RestoreHooks, restore_hooks
+from .phases import Phase
 
 __all__ = [
     "ProcessIdentity",

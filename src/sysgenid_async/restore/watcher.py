@@ -43,10 +43,12 @@ if TYPE_CHECKING:
 from ..async_device import AsyncSysGenID, moved_on
 from ..device import AbiChoice
 from ..timeouts import Deadline
-from .gate import LifecyclePass, PassOutcome, cancelled_when
-from .hooks import HookKind, RestoreHooks, RestoreHooksError, restore_hooks
+from .hooks import RestoreHooks, restore_hooks
 from .lifecycle import ProcessLifecycle, plain_errors
+from .passes import LifecyclePass, PassOutcome, cancelled_when
+from .phases import HookKind, RestoreHooksError
 from .registry import RUNTIME_DIR_VARIABLE, Registry, RegistryError, RegistryPermissionError, service_name
+from .runner import run_lifecycle, run_restore
 
 __all__ = ["RestoreWatcher", "RetryPolicy", "Subscription", "restore_watcher"]
 
@@ -293,7 +295,7 @@ class RestoreWatcher:
     async def _restore_pass(self, handle: AsyncSysGenID, generation: int) -> PassOutcome:
         """One restore pass by the gate's runner (this task); ``last_error`` says how it ended."""
         gate = self.hooks.gate
-        outcome, errors = await gate.run_restore(self, generation, lambda: moved_on(handle, generation, None))
+        outcome, errors = await run_restore(gate, self, generation, lambda: moved_on(handle, generation, None))
         if outcome is not PassOutcome.SUPERSEDED:
             self.last_error = RestoreHooksError(generation, errors) if errors else None
         return outcome
@@ -313,8 +315,8 @@ class RestoreWatcher:
 
     async def _lifecycle_pass(self, kind: HookKind, generation: int, budget: float | None) -> LifecyclePass:
         handle = self.handle
-        return await self.hooks.gate.run_lifecycle(self, kind, generation, budget,
-                                                   lambda: moved_on(handle, generation, None))
+        return await run_lifecycle(self.hooks.gate, self, kind, generation, budget,
+                                   lambda: moved_on(handle, generation, None))
 
     async def _serving_requests(self, lifecycle: ProcessLifecycle, wait: Callable[[], Awaitable[T]]) -> T:
         """Await ``wait()``, running the prepare and resume requests that arrive meanwhile:

@@ -24,8 +24,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-from ..restore import gate, reseed
-from ..restore.hooks import HookKind, restore_hooks
+from ..restore import probe, reseed
+from ..restore.hooks import restore_hooks
+from ..restore.phases import HookKind
 from ..restore.registry import RUNTIME_DIR_VARIABLE
 
 __all__ = ["isolated_state"]
@@ -36,7 +37,7 @@ def isolated_state() -> Iterator[None]:
     """Run the block with empty process-wide registries and a fresh gate and probe; put the
     registries back afterwards (hooks registered by the block are dropped)."""
     saved_hooks = {kind: restore_hooks.replace_hooks([], kind) for kind in HookKind}
-    gate.close_process_probe()
+    probe.close_process_probe()
     restore_hooks.gate.reset()
     saved_runtime_dir = os.environ.get(RUNTIME_DIR_VARIABLE)
     try:
@@ -49,7 +50,7 @@ def isolated_state() -> Iterator[None]:
             os.environ.pop(RUNTIME_DIR_VARIABLE, None)
         else:
             os.environ[RUNTIME_DIR_VARIABLE] = saved_runtime_dir
-        gate.close_process_probe()
+        probe.close_process_probe()
         restore_hooks.gate.reset()
         for kind, hooks in saved_hooks.items():
             restore_hooks.replace_hooks(hooks, kind)
