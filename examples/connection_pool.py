@@ -16,8 +16,8 @@ import anyio
 import httpx
 from _restores import Restore, run_with_restores
 
+from sysgenid_async.integrations import Reopenable
 from sysgenid_async.restore import Phase, on_restore, restore_watcher
-from sysgenid_async.restore.reseed import Reopenable
 
 client = Reopenable(open=httpx.AsyncClient, close=lambda c: c.aclose())
 on_restore(client.reopen, phase=Phase.CONNECTIONS)

@@ -23,7 +23,7 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 mkdir -p "$SRC"
-cp -r "$HERE"/sysgenid.c "$HERE"/uapi "$HERE"/Kbuild "$HERE"/Makefile "$HERE"/dkms.conf "$SRC/"
+cp -r "$HERE"/sysgenid.c "$HERE"/sysgenid-flavours.h "$HERE"/uapi "$HERE"/Kbuild "$HERE"/Makefile "$HERE"/dkms.conf "$SRC/"
 dkms add "sysgenid/$VERSION"
 for KVER in "$@"; do
   dkms build "sysgenid/$VERSION" -k "$KVER"

@@ -54,6 +54,7 @@
 #include <linux/wait.h>
 
 #include "uapi/sysgenid.h"
+#include "sysgenid-flavours.h"
 
 #ifdef SYSGENID_FIXED_ABI
 /* A build with one personality and no parameter, like a distribution's driver. */
@@ -64,59 +65,6 @@ static int abi;
 module_param(abi, int, 0444);
 MODULE_PARM_DESC(abi, "ABI personality: 4 (documented v4, the default) or 8 (shipped v8)");
 #endif
-
-/*
- * How a flavour departs from this module's own behaviour. Each field is a
- * behaviour observed on a shipped driver; docs/drivers.md lists them.
- */
-struct sg_flavour {
-	const char *name;
-	int abi;			/* 0: either */
-	/*
-	 * The next value is max(min, current + 1) in an int, stored as it is:
-	 * current + 1 wraps from 0x7fffffff to -2^31, and a minimum of 2^31 or
-	 * more is negative.
-	 */
-	bool signed_counter;
-	/*
-	 * A trigger counts every tracked watcher as outdated, even those already
-	 * at the value it left in place.
-	 */
-	bool recount_all_tracked;
-	bool tracking_any_nonzero;	/* SET_WATCHER_TRACKING(n != 0) is on */
-	bool restart_on_signal;		/* a signal gives ERESTARTSYS, not EINTR */
-	bool private_mapping;		/* a read-only MAP_PRIVATE mapping is accepted */
-	bool caller_userns_capability;	/* the trigger's capability in the caller's namespace */
-	umode_t mode;
-};
-
-static const struct sg_flavour sg_flavours[] = {
-	{
-		.name = "sysgenid-async",
-		.mode = 0666,
-	},
-	{
-		.name = "amazon-linux",
-		.abi = 8,
-		.signed_counter = true,
-		.recount_all_tracked = true,
-		.tracking_any_nonzero = true,
-		.restart_on_signal = true,
-		.private_mapping = true,
-		.caller_userns_capability = true,
-		.mode = 0600,
-	},
-	{
-		.name = "v4-patch",
-		.abi = 4,
-		.signed_counter = true,
-		.recount_all_tracked = true,
-		.restart_on_signal = true,
-		.private_mapping = true,
-		.caller_userns_capability = true,
-		.mode = 0600,
-	},
-};
 
 static char *flavour = "sysgenid-async";
 module_param(flavour, charp, 0444);
@@ -447,10 +395,34 @@ static long sg_set_tracking(struct sg_watcher *w, unsigned long on)
 	return 0;
 }
 
+/*
+ * FORCE_GEN_UPDATE / TRIGGER_GEN_UPDATE. The generation is machine-wide, so the
+ * capability counts in the initial user namespace: in the caller's own (as the
+ * shipped drivers check it), anyone who can create a user namespace could fake a
+ * restore for every service on the machine.
+ */
+static long sg_trigger(unsigned long min_gen)
+{
+	if (!checkpoint_restore_ns_capable(sg_flavour->caller_userns_capability ?
+					   current_user_ns() : &init_user_ns))
+		return -EACCES;
+	sg_bump((u32)min_gen);
+	return 0;
+}
+
+static long sg_outdated_count(void)
+{
+	long count;
+
+	spin_lock(&sg.lock);
+	count = sg.outdated;
+	spin_unlock(&sg.lock);
+	return count;
+}
+
 static long sg_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct sg_watcher *w = file->private_data;
-	long count;
 
 	if (sg_is_v8()) {
 		switch (cmd) {
@@ -459,41 +431,24 @@ static long sg_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		case SYSGENID_V8_WAIT_WATCHERS:
 			return sg_wait_watchers(w, arg);
 		case SYSGENID_V8_TRIGGER_GEN_UPDATE:
-			break;
-		default:
-			/*
-			 * EINVAL, not the usual ENOTTY: the shipped drivers answer
-			 * so, and clients tell the ABIs apart by it (a v4 ioctl on
-			 * a v8 driver fails with EINVAL).
-			 */
-			return -EINVAL;
+			return sg_trigger(arg);
 		}
 	} else {
 		switch (cmd) {
 		case SYSGENID_GET_OUTDATED_WATCHERS:
-			spin_lock(&sg.lock);
-			count = sg.outdated;
-			spin_unlock(&sg.lock);
-			return count;
+			return sg_outdated_count();
 		case SYSGENID_WAIT_WATCHERS:
 			return sg_wait_watchers(w, arg);
 		case SYSGENID_FORCE_GEN_UPDATE:
-			break;
-		default:
-			return -EINVAL;
+			return sg_trigger(arg);
 		}
 	}
 	/*
-	 * FORCE_GEN_UPDATE / TRIGGER_GEN_UPDATE. The generation is machine-wide,
-	 * so the capability counts in the initial user namespace: in the caller's
-	 * own (as the shipped drivers check it), anyone who can create a user
-	 * namespace could fake a restore for every service on the machine.
+	 * EINVAL, not the usual ENOTTY: the shipped drivers answer so, and
+	 * clients tell the ABIs apart by it (a v4 ioctl on a v8 driver fails
+	 * with EINVAL).
 	 */
-	if (!checkpoint_restore_ns_capable(sg_flavour->caller_userns_capability ?
-					   current_user_ns() : &init_user_ns))
-		return -EACCES;
-	sg_bump((u32)arg);
-	return 0;
+	return -EINVAL;
 }
 
 static int sg_mmap(struct file *file, struct vm_area_struct *vma)

@@ -41,8 +41,8 @@ from sysgenid_async.restore import (
     RestoreWatcher,
     RetryPolicy,
     generation_bound,
+    restored,
 )
-from sysgenid_async.restore import restored
 from sysgenid_async.restore.registry import Registry, RegistryError, RegistryPermissionError
 from sysgenid_async.restore.reseed import register_random
 from sysgenid_async.uapi import Abi

@@ -121,7 +121,7 @@ async def test_a_running_restore_watcher_serves_as_the_probe(default_device: Bac
     value = GenerationBound(object, hooks=hooks)
     value()
     async with restore_watcher(hooks=hooks) as watcher:
-        watcher_device = watcher.handle
+        watcher_device = watcher.handle.device  # the fd layer under its handle
         assert hooks.gate.probe() is watcher_device, "the watcher hands its file to its registry's values"
         assert restore_hooks.gate.probe() is not watcher_device, "not to another registry's"
         files = default_device.open_files()

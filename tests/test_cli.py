@@ -17,7 +17,8 @@ import pytest
 
 from backends import Backend
 from sysgenid_async import Abi, StaleGenerationError, __version__
-from sysgenid_async.cli import _COMMANDS, EXIT_CODES, _build_parser, cli
+from sysgenid_async.cli import _COMMANDS, EXIT_CODES, cli
+from sysgenid_async.cli._options import build_parser
 from sysgenid_async.device import Device
 from sysgenid_async.testing import Quirk
 
@@ -96,7 +97,7 @@ def test_the_table_lists_every_command() -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_global_options_go_before_or_after_the_command_and_every_command_has_json(command: str) -> None:
-    parser = _build_parser()
+    parser = build_parser()
     operands = OPERANDS.get(command, [])
     after = parser.parse_args([command, "--device", "D", "--abi", "v8", "--runtime-dir", "R", "--json", *operands])
     before = parser.parse_args(["--device", "D", "--abi", "v8", "--runtime-dir", "R", command, "--json", *operands])

@@ -223,6 +223,22 @@ async def test_before_snapshot_hooks_run_connections_first_and_gather_errors() -
 
 
 @pytest.mark.anyio
+async def test_a_lifecycle_hook_takes_a_priority_among_the_phases() -> None:
+    """As a restore hook does: before-snapshot hooks run highest first, resume hooks lowest first."""
+    hooks = RestoreHooks()
+    order: list[str] = []
+    for kind in (hooks.before_snapshot, hooks.on_resume):
+        kind(lambda g: order.append("caches"), phase=Phase.CACHES)
+        kind(lambda g: order.append("between"), priority=Phase.CACHES + 50)
+        kind(lambda g: order.append("connections"), phase=Phase.CONNECTIONS)
+    await hooks.run_lifecycle(HookKind.BEFORE_SNAPSHOT, 1)
+    assert order == ["connections", "between", "caches"]
+    order.clear()
+    await hooks.run_lifecycle(HookKind.RESUME, 1)
+    assert order == ["caches", "between", "connections"]
+
+
+@pytest.mark.anyio
 async def test_a_pass_that_runs_out_of_time_names_the_hooks_it_did_not_run() -> None:
     hooks = RestoreHooks()
     ran: list[str] = []

@@ -11,10 +11,10 @@ from collections.abc import Callable
 import numpy
 import pytest
 
+from sysgenid_async.integrations import Reopenable
 from sysgenid_async.restore import Phase, RestoreHooks
 from sysgenid_async.restore.reseed import (
     ProcessIdentity,
-    Reopenable,
     install_default_hooks,
     regenerate_identities,
     register_random,

@@ -23,6 +23,7 @@ import pytest
 from backends import Backend
 from sysgenid_async.device import Device
 from sysgenid_async.errors import SimulatorProcessError
+from sysgenid_async.integrations import Reopenable
 from sysgenid_async.restore import (
     AsyncGenerationBound,
     GenerationBound,
@@ -40,7 +41,7 @@ from sysgenid_async.restore import (
     restore_watcher,
     restored,
 )
-from sysgenid_async.restore.reseed import Reopenable, install_default_hooks
+from sysgenid_async.restore.reseed import install_default_hooks
 from sysgenid_async.testing import SimulatedDevice, isolated_state
 
 FAST_RETRY = RetryPolicy(initial_delay=0.02, max_delay=0.05)

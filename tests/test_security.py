@@ -81,8 +81,8 @@ def test_no_descriptor_reaches_a_child_process(backend: Backend) -> None:
         handle = AsyncSysGenID.open(backend.path)
         changes = watch(backend.path)
         try:
-            blocking.wait_readable(0)  # a thread's wait makes the wake-up eventfd
-            ours = {device.fileno(), blocking.fileno(), blocking._thread_wakeup, handle.fileno(),
+            blocking.device.wait_readable(0)  # a thread's wait makes the wake-up eventfd
+            ours = {device.fileno(), blocking.fileno(), blocking.device._thread_wakeup, handle.fileno(),
                     changes.handle.fileno()}
             ours.discard(-1)
             assert ours, "the handles have descriptors"

@@ -56,7 +56,7 @@ def test_one_close_wakes_tasks_on_three_loops_and_a_thread(backend: Backend) -> 
 
     def in_a_thread() -> None:
         try:
-            handle.wait_readable(None)
+            handle.device.wait_readable(None)
         except DeviceClosedError:
             outcomes["thread"] = "closed"
         else:
@@ -67,8 +67,8 @@ def test_one_close_wakes_tasks_on_three_loops_and_a_thread(backend: Backend) -> 
     for thread in threads:
         thread.start()
     try:
-        _until(lambda: len(handle._waiters) == len(threads), "every waiter registered")
-        assert {waiter.loop is None for waiter in handle._waiters} == {True, False}
+        _until(lambda: len(handle.device._waiters) == len(threads), "every waiter registered")
+        assert {waiter.loop is None for waiter in handle.device._waiters} == {True, False}
         handle.close()
     finally:
         handle.close()
@@ -76,7 +76,7 @@ def test_one_close_wakes_tasks_on_three_loops_and_a_thread(backend: Backend) -> 
             thread.join(30)
     assert not any(thread.is_alive() for thread in threads), f"still waiting after the close: {outcomes}"
     assert outcomes == dict.fromkeys([*LOOPS, "thread"], "closed")
-    assert _released(handle)
+    assert _released(handle.device)
     assert backend.open_files() == 0
 
 
@@ -98,7 +98,7 @@ def test_a_handle_waited_on_by_one_loop_then_another_wakes_the_second(
         bumped: list[int] = []
 
         def bump_once_waited_on() -> None:
-            _until(lambda: bool(handle._waiters), "a waiter")
+            _until(lambda: bool(handle.device._waiters), "a waiter")
             bumped.append(backend.bump())
 
         bumper = threading.Thread(target=bump_once_waited_on)
@@ -109,7 +109,7 @@ def test_a_handle_waited_on_by_one_loop_then_another_wakes_the_second(
         handle.ack(got)
 
         def close_once_waited_on() -> None:
-            _until(lambda: bool(handle._waiters), "a waiter")
+            _until(lambda: bool(handle.device._waiters), "a waiter")
             handle.close()
 
         closer = threading.Thread(target=close_once_waited_on)
@@ -120,7 +120,7 @@ def test_a_handle_waited_on_by_one_loop_then_another_wakes_the_second(
         closer.join(30)
     finally:
         handle.close()
-    assert _released(handle)
+    assert _released(handle.device)
 
 
 def test_a_change_reaches_every_waiter(backend: Backend) -> None:
@@ -131,15 +131,15 @@ def test_a_change_reaches_every_waiter(backend: Backend) -> None:
     for thread in threads:
         thread.start()
     try:
-        _until(lambda: len(handle._waiters) == 3, "three threads waiting")
+        _until(lambda: len(handle.device._waiters) == 3, "three threads waiting")
         new = backend.bump()
         for thread in threads:
             thread.join(30)
         assert seen == [new] * 3
-        assert not handle._waiters and handle._in_flight == 0
+        assert not handle.device._waiters and handle.device._in_flight == 0
     finally:
         handle.close()
-    assert _released(handle)
+    assert _released(handle.device)
 
 
 @pytest.mark.anyio
@@ -155,15 +155,15 @@ async def test_a_second_task_on_one_handle_gets_a_library_error(backend: Backend
         with anyio.fail_after(30):
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(first)
-                while not handle._waiters:  # noqa: ASYNC110 - the registry has no event to wait on
+                while not handle.device._waiters:  # noqa: ASYNC110 - the registry has no event to wait on
                     await anyio.sleep(0.005)
                 with pytest.raises(ConcurrentWaitError, match="one task per loop"):
                     await handle.wait_for_change()
-                assert len(handle._waiters) == 1, "the refused task left nothing registered"
+                assert len(handle.device._waiters) == 1, "the refused task left nothing registered"
                 new = await anyio.to_thread.run_sync(backend.bump)
         assert seen == [new]
-        assert not handle._waiters and handle._in_flight == 0
-    assert _released(handle)
+        assert not handle.device._waiters and handle.device._in_flight == 0
+    assert _released(handle.device)
 
 
 def test_a_loop_that_has_gone_does_not_hold_the_file(backend: Backend) -> None:
@@ -174,10 +174,10 @@ def test_a_loop_that_has_gone_does_not_hold_the_file(backend: Backend) -> None:
     loop = asyncio.new_event_loop()
     task = loop.create_task(handle.wait_for_change())
     loop.run_until_complete(asyncio.sleep(0.01))
-    assert len(handle._waiters) == 1 and not task.done()
+    assert len(handle.device._waiters) == 1 and not task.done()
     loop.close()
     handle.close()
-    assert _released(handle)
+    assert _released(handle.device)
     assert backend.open_files() == 0
     del task
 
@@ -200,12 +200,12 @@ def test_a_signal_handler_that_raises_leaves_the_registry_empty(backend: Backend
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         with pytest.raises(_InterruptedError):
             handle.wait_for_change(30)
-        assert not handle._waiters and handle._in_flight == 0
+        assert not handle.device._waiters and handle.device._in_flight == 0
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         handle.close()
-    assert _released(handle)
+    assert _released(handle.device)
 
 
 @pytest.mark.parametrize("wait", ["wait_for_change", "wait_watchers"])
@@ -233,7 +233,7 @@ def test_a_close_from_another_thread_ends_a_blocking_wait(backend: Backend, wait
         waiter.join(30)
         assert not waiter.is_alive()
         assert len(errors) == 1 and isinstance(errors[0], DeviceClosedError), errors
-        assert _released(handle) and handle._thread_wakeup == -1, "the file and the eventfd are closed"
+        assert _released(handle.device) and handle.device._thread_wakeup == -1, "the file and the eventfd are closed"
         other.ack(new)
 
 
@@ -243,5 +243,5 @@ def test_a_closed_handle_refuses_new_waiters(backend: Backend) -> None:
     with pytest.raises(DeviceClosedError):
         handle.wait_for_change(0.01)
     with pytest.raises(DeviceClosedError):
-        handle.wait_readable(0)
-    assert _released(handle)
+        handle.device.wait_readable(0)
+    assert _released(handle.device)

@@ -61,7 +61,8 @@ hooks.before_snapshot(reseed, phase=Phase.CACHES)
 on_before_snapshot(no_generation)  # type: ignore[type-var]
 on_resume(phase=Phase.CONNECTIONS)(takes_text)  # type: ignore[type-var]
 hooks.on_resume(no_generation)  # type: ignore[type-var]
-on_before_snapshot(reseed, priority=3)  # type: ignore[call-overload]
+on_before_snapshot(reseed, priority=3)
+on_before_snapshot(reseed, order=3)  # type: ignore[call-overload]
 
 # Bound values: the factory takes no argument; the value has its type.
 assert_type(generation_bound(lambda: 1), GenerationBound[int])

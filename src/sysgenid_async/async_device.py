@@ -21,9 +21,11 @@ from collections.abc import AsyncIterator
 import anyio
 from anyio.abc import AsyncResource
 from anyio.lowlevel import EventLoopToken, checkpoint, current_token
+from typing_extensions import Unpack
 
-from .device import AbiChoice, Device, WaitResult
+from .device import OpenOptions, WaitResult
 from .errors import DeviceClosedError
+from .handle import Handle
 from .timeouts import Deadline
 
 __all__ = ["AsyncSysGenID", "moved_on", "open_sysgenid"]
@@ -31,11 +33,12 @@ __all__ = ["AsyncSysGenID", "moved_on", "open_sysgenid"]
 logger = logging.getLogger(__name__)
 
 
-class AsyncSysGenID(Device, AsyncResource):
+class AsyncSysGenID(Handle, AsyncResource):
     """An open watcher of the device, for async code. Create with :func:`open_sysgenid`.
 
     Besides the waits below, what every handle has: ``generation`` (the fast probe),
     ``ack()``, ``outdated_watchers()``, ``trigger()``, ``path``, ``abi``, ``closed``.
+    It holds its fd-layer :class:`~sysgenid_async.device.Device` (:attr:`device`).
     One task per event loop may wait on it at a time (a second one gets
     :class:`~sysgenid_async.errors.ConcurrentWaitError`); tasks on other loops and
     threads may wait beside it, and a close wakes them all.
@@ -47,24 +50,25 @@ class AsyncSysGenID(Device, AsyncResource):
         Returns at once if the handle is already behind. Raises
         :class:`~sysgenid_async.DeviceClosedError` if the handle is closed meanwhile.
         """
+        device = self.device
         # Up to date by the page: skip the read, which would fail with EAGAIN, and wait.
         # After a wake-up always read, so a wrong hint cannot spin.
-        if self.generation != self.acknowledged:
-            generation = self.read_nowait()
+        if device.generation != device.acknowledged:
+            generation = device.read_nowait()
             if generation is not None:
                 return generation
         while True:
             waiter = self._waiter_for_this_loop()
-            fd = self.add_waiter(waiter)
+            fd = device.add_waiter(waiter)
             try:
                 await anyio.wait_readable(fd)
-                if self._close_requested:
+                if device.closed:
                     raise DeviceClosedError(f"{self.path}: the handle was closed while waiting")
-                generation = self._read_held()  # still registered: the file stays open
+                generation = device.read_for_waiter()  # still registered: the file stays open
             except anyio.ClosedResourceError:
                 raise DeviceClosedError(f"{self.path}: the handle was closed while waiting") from None
             finally:
-                self.remove_waiter(waiter)
+                device.remove_waiter(waiter)
             if generation is not None:
                 return generation
 
@@ -90,13 +94,13 @@ class AsyncSysGenID(Device, AsyncResource):
         while True:
             from anyio import to_thread  # here, not at import: it pulls in the thread machinery
 
-            result = await to_thread.run_sync(self.wait_watchers_slice, deadline.next_slice())
+            result = await to_thread.run_sync(self.device.wait_watchers_slice, deadline.next_slice())
             if result is not WaitResult.TIMED_OUT or deadline.expired():
                 return result
 
     async def aclose(self) -> None:
-        """Close (see :meth:`Device.close`), then yield to the loop once. ``async with``
-        closes the same way (an anyio ``AsyncResource``)."""
+        """Close (see :meth:`~sysgenid_async.handle.Handle.close`), then yield to the loop once.
+        ``async with`` closes the same way (an anyio ``AsyncResource``)."""
         self.close()
         await checkpoint()
 
@@ -128,10 +132,7 @@ class _TaskWaiter:
 
 @contextlib.asynccontextmanager
 async def open_sysgenid(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    abi: AbiChoice = "auto",
-    watcher: bool = True,
+    path: str | os.PathLike[str] | None = None, **options: Unpack[OpenOptions]
 ) -> AsyncIterator[AsyncSysGenID]:
     """Open the device for async use; closed when the block ends.
 
@@ -139,7 +140,7 @@ async def open_sysgenid(
     ``"auto"`` (probe), ``"v4"`` or ``"v8"``. ``watcher=False`` is for probe-only use
     (on v8 the handle does not enable tracking; on v4 every open file is a watcher).
     """
-    handle = AsyncSysGenID.open(path, abi=abi, watcher=watcher)
+    handle = AsyncSysGenID.open(path, **options)
     try:
         yield handle
     finally:
@@ -192,9 +193,11 @@ def _running_loop() -> object | None:
     asyncio = sys.modules.get("asyncio")
     if asyncio is not None:
         try:
-            return asyncio.get_running_loop()
+            loop: object = asyncio.get_running_loop()
         except RuntimeError:
             pass
+        else:
+            return loop
     trio = sys.modules.get("trio")
     if trio is not None:
         try:

@@ -10,18 +10,20 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from .device import AbiChoice, Device, WaitResult
+from .device import AbiChoice, WaitResult
 from .errors import DeviceClosedError
+from .handle import Handle
 from .timeouts import Deadline, validate_timeout
 
 __all__ = ["BlockingSysGenID", "watch_blocking"]
 
 
-class BlockingSysGenID(Device):
+class BlockingSysGenID(Handle):
     """An open watcher of the device, for blocking code. A context manager.
 
     Besides the waits below, what every handle has: ``generation`` (the fast probe),
     ``ack()``, ``outdated_watchers()``, ``trigger()``, ``path``, ``abi``, ``closed``.
+    It holds its fd-layer :class:`~sysgenid_async.device.Device` (:attr:`device`).
     Any number of threads may wait on it; a close wakes them all.
     """
 
@@ -29,12 +31,12 @@ class BlockingSysGenID(Device):
         """Block until this handle has an unacknowledged generation; None on timeout."""
         deadline = Deadline(timeout)
         while True:
-            generation = self.read_nowait()
+            generation = self.device.read_nowait()
             if generation is not None:
                 return generation
             if deadline.expired():
                 return None
-            self.wait_readable(deadline.remaining())
+            self.device.wait_readable(deadline.remaining())
 
     def wait_watchers(self, timeout: float | None = None) -> WaitResult:
         """Block until no watcher is outdated, the timeout runs out, or this handle is outdated.
@@ -44,7 +46,7 @@ class BlockingSysGenID(Device):
         """
         deadline = Deadline(timeout)
         while True:
-            result = self.wait_watchers_slice(deadline.next_slice())
+            result = self.device.wait_watchers_slice(deadline.next_slice())
             if result is not WaitResult.TIMED_OUT or deadline.expired():
                 return result
 

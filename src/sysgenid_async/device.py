@@ -22,7 +22,7 @@ import select
 import sys
 import threading
 import weakref
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict
 
 from typing_extensions import Self
 
@@ -46,6 +46,13 @@ from .uapi import Abi
 __all__ = ["AbiChoice", "Device", "WaitResult", "Waiter", "resolve_device_path", "validate_generation"]
 
 AbiChoice = Abi | Literal["auto", "v4", "v8"]
+
+
+class OpenOptions(TypedDict, total=False):
+    """How to open the device, besides its path (see :meth:`Device.open`)."""
+
+    abi: AbiChoice
+    watcher: bool
 
 
 class WaitResult(enum.Enum):
@@ -283,13 +290,13 @@ class Device:
         """The generation this handle has not acknowledged yet, or None when up to date."""
         self._enter()
         try:
-            return self._read_held()
+            return self.read_for_waiter()
         finally:
             self._exit()
 
-    def _read_held(self) -> int | None:
-        """:meth:`read_nowait` for a caller that already holds the file open (a syscall in
-        flight, or a registered waiter): no second pass through the lock."""
+    def read_for_waiter(self) -> int | None:
+        """:meth:`read_nowait` for a registered waiter (:meth:`add_waiter`), whose registration
+        holds the file open: no second pass through the lock."""
         with self._read_errors:
             try:
                 data = self._raw.read(uapi.GENERATION_SIZE)

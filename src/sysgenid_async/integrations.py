@@ -23,7 +23,7 @@ drops what it holds, in phase ``CONNECTIONS``:
   clients made from the session hold).
 
 httpx and aiohttp clients cannot drop their connections and go on, so
-:func:`reopen_on_restore` keeps one in a :class:`~sysgenid_async.restore.Reopenable`: a new
+:func:`reopen_on_restore` keeps one in a :class:`Reopenable`: a new
 client is opened, swapped in, and the old one closed once no lease holds it.
 
 No client library is imported here: a client is recognised by its class, whose module is
@@ -33,18 +33,23 @@ loaded already when the user has one. Registrations hold their client until
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import anyio
 
 from .restore.callbacks import maybe_await
 from .restore.hooks import RestoreHooks, restore_hooks
 from .restore.phases import Phase
-from .restore.reseed import Reopenable
 
-__all__ = ["reconnect_on_restore", "reopen_on_restore", "stop_reconnecting"]
+__all__ = ["Reopenable", "reconnect_on_restore", "reopen_on_restore", "stop_reconnecting"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 # (module, class name) -> what a restore does to such a client; the first match in the MRO wins.
 _ACTIONS: dict[tuple[str, str], Callable[[Any], object]] = {}
@@ -200,13 +205,90 @@ def _close(client: Any) -> object:
     return close()
 
 
+class Reopenable(Generic[T]):
+    """A resource rebuilt on restore: ``pool.current`` is always a live one.
+
+    ``open()`` makes a new resource, ``close(resource)`` disposes of one (both may be
+    async). Register ``reopen`` as a hook (phase ``CONNECTIONS``) or call it yourself.
+    A reopen opens the new resource, swaps it in, then closes the old one: ``current`` is
+    never empty. Code that must not see its resource closed under it holds a lease,
+    ``async with pool.use() as resource:``: the old resource is closed once the last
+    lease on it ends.
+    """
+
+    def __init__(
+        self,
+        open: Callable[[], T | Awaitable[T]],
+        close: Callable[[T], object | Awaitable[object]],
+    ) -> None:
+        self._open = open
+        self._close = close
+        self._current: T | None = None
+        self._lock: anyio.Lock | None = None
+        self._leases: dict[int, int] = {}  # id(resource) -> leases held on it
+        self._released: anyio.Event | None = None
+        self.reopens = 0
+
+    @property
+    def current(self) -> T:
+        if self._current is None:
+            raise RuntimeError("not opened yet: await start() first")
+        return self._current
+
+    async def start(self) -> T:
+        if self._current is None:
+            self._current = await maybe_await(self._open())
+        return self._current
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[T]:
+        """Lease the current resource: a reopen meanwhile closes it only after the lease ends."""
+        resource = self.current
+        key = id(resource)
+        self._leases[key] = self._leases.get(key, 0) + 1
+        try:
+            yield resource
+        finally:
+            self._leases[key] -= 1
+            if not self._leases[key]:
+                del self._leases[key]
+                if self._released is not None:
+                    self._released.set()
+
+    async def reopen(self, generation: int | None = None) -> T:
+        """Open a new resource, swap it in, then close the old one once no lease holds it."""
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            new = await maybe_await(self._open())
+            old, self._current = self._current, new
+            self.reopens += 1
+            if old is not None:
+                await self._retire(old)
+            return new
+
+    async def _retire(self, old: T) -> None:
+        while id(old) in self._leases:
+            self._released = anyio.Event()
+            await self._released.wait()
+        try:
+            await maybe_await(self._close(old))
+        except Exception as exc:  # the new resource is in place: a failed close is only logged
+            logger.error("closing the replaced resource %r failed", old, exc_info=exc)
+
+    async def aclose(self) -> None:
+        old, self._current = self._current, None
+        if old is not None:
+            await maybe_await(self._close(old))
+
+
 def reopen_on_restore(
     open: Callable[[], T | Awaitable[T]],
     close: Callable[[T], object | Awaitable[object]] | None = None,
     *,
     hooks: RestoreHooks | None = None,
 ) -> Reopenable[T]:
-    """A :class:`~sysgenid_async.restore.Reopenable` of ``open()`` (an httpx ``AsyncClient``, an
+    """A :class:`Reopenable` of ``open()`` (an httpx ``AsyncClient``, an
     aiohttp ``ClientSession``, ...), rebuilt before a snapshot and after a restore.
 
     ``close`` defaults to the client's ``aclose()``, else its ``close()``. ``await

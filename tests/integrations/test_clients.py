@@ -29,8 +29,14 @@ import redis.asyncio
 import sqlalchemy
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sysgenid_async.integrations import _supported_clients, reconnect_on_restore, reopen_on_restore, stop_reconnecting
-from sysgenid_async.restore import HookKind, Reopenable, RestoreHooks, restore_watcher
+from sysgenid_async.integrations import (
+    Reopenable,
+    _supported_clients,
+    reconnect_on_restore,
+    reopen_on_restore,
+    stop_reconnecting,
+)
+from sysgenid_async.restore import HookKind, RestoreHooks, restore_watcher
 from sysgenid_async.restore import reseed as reseed_module
 from sysgenid_async.testing import SimulatedDevice
 

@@ -34,8 +34,8 @@ from ._options import (
     EXIT_TIMED_OUT,
     EXIT_USAGE,
     _UsageError,
+    build_parser,
 )
-from ._options import build_parser as _build_parser
 
 __all__ = [
     "EXIT_BUSY",
@@ -78,7 +78,7 @@ def _command(name: str) -> Callable[[argparse.Namespace], int]:
 def cli(*args: str) -> int:
     """Run the command line with ``args``; returns the exit status."""
     try:
-        options = _build_parser().parse_args(args)
+        options = build_parser().parse_args(args)
     except _UsageError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import itertools
 import json
 import os
 import shlex
@@ -72,25 +71,31 @@ def watch(options: argparse.Namespace) -> int:
 
     async def run() -> int:
         from ..async_device import moved_on
-        from ..restore.watcher import RetryPolicy
+        from ..restore.retry import RetryPolicy, retry
         from ..watch import watch
 
-        retry = RetryPolicy(initial_delay=options.retry_delay, max_delay=max(options.retry_delay, 60.0),
-                            max_attempts=options.max_attempts)
+        policy = RetryPolicy(initial_delay=options.retry_delay, max_delay=max(options.retry_delay, 60.0),
+                             max_attempts=options.max_attempts)
 
         async def run_until_done(command: list[str], generation: int, handle: AsyncSysGenID) -> bool:
             """Run the command until it exits 0 (True), or give up on this generation (False)."""
             env = dict(os.environ, SYSGENID_GENERATION=str(generation))
-            for attempt, delay in enumerate(itertools.chain(retry.delays(), [None]), start=1):
+            status: int | str = 0
+
+            async def attempt() -> bool:
+                nonlocal status
                 status = await anyio.to_thread.run_sync(_run_command, command, env, options.exec_timeout)
-                if status == 0:
-                    return True
+                return status == 0
+
+            def failed(attempt_number: int, delay: float | None) -> None:
                 later = f"retrying in {delay:g} s" if delay is not None else "no retries left"
                 outcome = status if isinstance(status, str) else f"exited with {status}"
-                print(f"sysgenid-async: {shlex.join(command)} {outcome} (attempt {attempt}); "
+                print(f"sysgenid-async: {shlex.join(command)} {outcome} (attempt {attempt_number}); "
                       f"generation {generation} stays unacknowledged; {later}", file=sys.stderr, flush=True)
-                if delay is None or await moved_on(handle, generation, delay):
-                    break
+
+            if await attempt() or await retry(policy, attempt, lambda delay: moved_on(handle, generation, delay),
+                                              failed):
+                return True
             if handle.generation == generation:
                 # Kept unacknowledged, for an orchestrator to see, until the next generation.
                 await moved_on(handle, generation, None)

@@ -12,7 +12,7 @@ Modules: :mod:`~sysgenid_async.restore.hooks` (the registry and its phases),
 :mod:`~sysgenid_async.restore.gate` (which generation the hooks have run for; ``restored()``),
 :mod:`~sysgenid_async.restore.watcher` (the process's watcher and its subscriptions),
 :mod:`~sysgenid_async.restore.bound` (values rebuilt per generation),
-:mod:`~sysgenid_async.restore.reseed` (ready-made hooks; ``Reopenable``),
+:mod:`~sysgenid_async.restore.reseed` (ready-made hooks),
 :mod:`~sysgenid_async.restore.orchestrator` (waiting for every watcher on the machine), and the
 snapshot lifecycle (docs/lifecycle.md): :mod:`~sysgenid_async.restore.registry` (the machine's
 watcher processes), :mod:`~sysgenid_async.restore.control` (their control sockets),
@@ -27,7 +27,6 @@ from .orchestrator import OrchestrationReport, Orchestrator
 from .phases import HookError, HookKind, Phase, RestoreHooksError
 from .reseed import (
     ProcessIdentity,
-    Reopenable,
     install_default_hooks,
     regenerate_identities,
     register_random,
@@ -36,7 +35,8 @@ from .reseed import (
     reseed_random,
     unregister_random,
 )
-from .watcher import RestoreWatcher, RetryPolicy, Subscription, restore_watcher
+from .retry import RetryPolicy
+from .watcher import RestoreWatcher, Subscription, restore_watcher
 
 __all__ = [
     "AsyncGenerationBound",
@@ -47,7 +47,6 @@ __all__ = [
     "Orchestrator",
     "Phase",
     "ProcessIdentity",
-    "Reopenable",
     "RestoreHooks",
     "RestoreHooksError",
     "RestorePendingError",

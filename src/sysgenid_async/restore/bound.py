@@ -6,23 +6,14 @@
 
     hmac.new(signing_key(), message, "sha256")   # a new key after every restore
 
-The hot path is one read of the mapped page and one comparison: no syscall, no lock.
-Only a changed generation takes the lock and calls the factory again.
-
-A value is never built from state older than its generation: before it calls the factory
-for a new generation, it asks the restore gate of its hook registry (the process's, by
-default) to confirm that every restore hook up to its ``phase`` has succeeded for that
-generation: it waits for the restore watcher's pass, or, with no watcher, runs the sync hooks
-there (see :mod:`~sysgenid_async.restore.gate`).
-
-The generation comes from a probe: the one given (``probe=``), else the one the gate of the
-value's registry hands out (:meth:`~sysgenid_async.restore.gate.RestoreGate.probe`). While
-a :class:`~sysgenid_async.restore.RestoreWatcher` serves that registry, that is the
-watcher's own file (acknowledged after the hooks). Otherwise it is the process probe: a
-probe-only file on v8, kept open; on v4, where every open file is a watcher, a file opened
-and closed for each check, so that no idle process is left outdated (the hot path then
-costs an open: run a restore watcher, or pass a probe, where that matters). A watcher that
-serves another registry is not read: each registry's values follow their own watcher.
+- The hot path is one read of the mapped page and one comparison: no syscall, no lock; only a
+  changed generation takes the lock and calls the factory again.
+- A value is never built from state older than its generation: first, every restore hook up
+  to its ``phase`` must have succeeded for that generation (its registry's gate waits for the
+  restore watcher's pass, or, with no watcher, runs the sync hooks there).
+- The generation comes from ``probe=``, else from the gate: the restore watcher's own file
+  while one serves the value's registry, else the process probe (restore/probe.py; on v4 a
+  file per check, so pass a probe or run a watcher where that cost matters).
 """
 
 from __future__ import annotations
@@ -30,11 +21,12 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar, overload
+from typing import Generic, TypeAlias, TypeVar, overload
 
 import anyio
 
 from ..device import Device
+from ..handle import Handle
 from .callbacks import check_callable_as
 from .gate import RESTORE_WAIT_SECONDS, RestoreGate
 from .hooks import RestoreHooks, restore_hooks
@@ -46,15 +38,18 @@ T = TypeVar("T")
 
 
 _UNSET = object()
-# Stands in for a page view when the probe has none (any object with ``generation``): its
-# one value is never a u32 nor the unbuilt marker, so the hot path falls to the slow one.
-_NO_VIEW = (-2,)
+#: What the hot path indexes: the probe's mapped page as u32 words, or a stand-in.
+PageWords: TypeAlias = "memoryview | tuple[int]"
+# The stand-in for a probe with no mapped page (any object with ``generation``): its one word
+# is never a u32 nor the unbuilt marker, so the hot path always falls to the slow one.
+_NO_PAGE: PageWords = (-2,)
 
 
-def _page_view_of(probe: GenerationProbe) -> memoryview | tuple[int]:
-    """The live page view behind ``probe`` (a handle on the device), or ``_NO_VIEW``."""
-    view = probe.page_view() if isinstance(probe, Device) else None
-    return _NO_VIEW if view is None else view
+def _page_view_of(probe: GenerationProbe) -> PageWords:
+    """The live page view behind ``probe`` (a handle on the device), or ``_NO_PAGE``."""
+    device = probe.device if isinstance(probe, Handle) else probe
+    view = device.page_view() if isinstance(device, Device) else None
+    return _NO_PAGE if view is None else view
 
 
 class _Bound:
@@ -78,7 +73,7 @@ class _Bound:
         self._hooks = hooks
         # Built only once every hook up to this phase has succeeded for the generation.
         self._phase = math.inf if phase is None else phase
-        self._view: memoryview | tuple[int] = _NO_VIEW
+        self._view: PageWords = _NO_PAGE
         self._generation = -1  # never a u32: the first get() builds
         self._value: object = _UNSET
         self.rebuilds = 0

@@ -52,68 +52,24 @@ class RestoreHooks:
         self._hooks: list[RestoreHook] = []
         # The lifecycle's other kinds, each kept in registration order (sorted when run).
         self._lifecycle: dict[HookKind, list[RestoreHook]] = {HookKind.BEFORE_SNAPSHOT: [], HookKind.RESUME: []}
+        #: ``@hooks.register`` or ``@hooks.register(phase=...)``: run on each restore, in phase order.
+        self.register = Registrar(self, HookKind.RESTORE)
         #: ``@hooks.before_snapshot(phase=...)``: run by ``prepare``, connections first.
-        self.before_snapshot = LifecycleRegistrar(self, HookKind.BEFORE_SNAPSHOT)
+        self.before_snapshot = Registrar(self, HookKind.BEFORE_SNAPSHOT)
         #: ``@hooks.on_resume(phase=...)``: run by ``resume``, in phase order.
-        self.on_resume = LifecycleRegistrar(self, HookKind.RESUME)
+        self.on_resume = Registrar(self, HookKind.RESUME)
         self._lock = threading.Lock()
         self._sequence = itertools.count()
         #: Which generation this registry has been restored for (see :mod:`~sysgenid_async.restore.gate`).
         self.gate = RestoreGate(self)
 
-    @overload
-    def register(
-        self,
-        function: F,
-        *,
-        phase: Phase = ...,
-        priority: int | None = ...,
-        timeout: float | None = ...,
-        weak: bool = ...,
-        name: str | None = ...,
-    ) -> F: ...
-
-    @overload
-    def register(
-        self,
-        function: None = None,
-        *,
-        phase: Phase = ...,
-        priority: int | None = ...,
-        timeout: float | None = ...,
-        weak: bool = ...,
-        name: str | None = ...,
-    ) -> Callable[[F], F]: ...
-
-    def register(
-        self,
-        function: F | None = None,
-        *,
-        phase: Phase = Phase.DEFAULT,
-        priority: int | None = None,
-        timeout: float | None = None,
-        weak: bool = False,
-        name: str | None = None,
-    ) -> F | Callable[[F], F]:
-        """Register ``function(generation)``, sync or async. Usable as a decorator, with or
-        without arguments; returns the function unchanged.
-
-        ``weak=True`` holds it by weak reference (a bound method through ``WeakMethod``), so
-        the hook vanishes with its object, as CRaC's resources do.
-        """
-        if function is None:
-            return lambda f: self.register(f, phase=phase, priority=priority, timeout=timeout, weak=weak, name=name)
-        hook = self._make_hook(function, phase=phase, priority=priority, timeout=timeout, weak=weak, name=name)
-        with self._lock:  # kept in run order; sequence numbers only grow, so insort keeps ties in order
-            bisect.insort(self._hooks, hook, key=_run_order)
-        return function
-
-    def _add_lifecycle_hook(
-        self, kind: HookKind, function: F, *, phase: Phase, timeout: float | None, weak: bool, name: str | None
-    ) -> F:
-        hook = self._make_hook(function, phase=phase, priority=None, timeout=timeout, weak=weak, name=name)
+    def _add(self, kind: HookKind, function: F, **options: Any) -> F:
+        hook = self._make_hook(function, **options)
         with self._lock:
-            self._lifecycle[kind].append(hook)
+            if kind is HookKind.RESTORE:  # kept in run order; sequence numbers only grow, so ties stay in order
+                bisect.insort(self._hooks, hook, key=_run_order)
+            else:
+                self._lifecycle[kind].append(hook)
         return function
 
     def _make_hook(
@@ -229,9 +185,10 @@ class RestoreHooks:
             raise RestoreHooksError(generation, progress.errors)
 
 
-class LifecycleRegistrar:
-    """Registers hooks of one lifecycle kind on a registry (``hooks.before_snapshot``,
-    ``hooks.on_resume``), as a decorator with or without arguments, typed like ``register``."""
+class Registrar:
+    """Registers hooks of one kind on a registry (``hooks.register``, ``hooks.before_snapshot``,
+    ``hooks.on_resume``): a decorator with or without arguments, typed so that a checker rejects
+    a hook that is not ``hook(generation)``."""
 
     def __init__(self, hooks: RestoreHooks, kind: HookKind) -> None:
         self._hooks = hooks
@@ -239,18 +196,14 @@ class LifecycleRegistrar:
 
     @overload
     def __call__(
-        self, function: F, *, phase: Phase = ..., timeout: float | None = ..., weak: bool = ..., name: str | None = ...
+        self, function: F, *, phase: Phase = ..., priority: int | None = ..., timeout: float | None = ...,
+        weak: bool = ..., name: str | None = ...,
     ) -> F: ...
 
     @overload
     def __call__(
-        self,
-        function: None = None,
-        *,
-        phase: Phase = ...,
-        timeout: float | None = ...,
-        weak: bool = ...,
-        name: str | None = ...,
+        self, function: None = None, *, phase: Phase = ..., priority: int | None = ..., timeout: float | None = ...,
+        weak: bool = ..., name: str | None = ...,
     ) -> Callable[[F], F]: ...
 
     def __call__(
@@ -258,13 +211,22 @@ class LifecycleRegistrar:
         function: F | None = None,
         *,
         phase: Phase = Phase.DEFAULT,
+        priority: int | None = None,
         timeout: float | None = None,
         weak: bool = False,
         name: str | None = None,
     ) -> F | Callable[[F], F]:
+        """Register ``function(generation)``, sync or async; returns the function unchanged.
+
+        ``priority`` places it among the phases (default: the phase's value; lower runs first,
+        before-snapshot hooks run highest first). ``weak=True`` holds it by weak reference (a
+        bound method through ``WeakMethod``), so the hook vanishes with its object, as CRaC's
+        resources do.
+        """
+        options = {"phase": phase, "priority": priority, "timeout": timeout, "weak": weak, "name": name}
         if function is None:
-            return lambda f: self(f, phase=phase, timeout=timeout, weak=weak, name=name)
-        return self._hooks._add_lifecycle_hook(self.kind, function, phase=phase, timeout=timeout, weak=weak, name=name)
+            return lambda f: self._hooks._add(self.kind, f, **options)
+        return self._hooks._add(self.kind, function, **options)
 
 
 #: The process-wide registry that :class:`~sysgenid_async.restore.RestoreWatcher` runs by default.

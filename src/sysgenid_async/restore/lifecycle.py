@@ -124,7 +124,7 @@ class ProcessLifecycle:
         self._unannounced = anyio.Event()  # set while the entry on disk is out of date
         #: Called when a request arrives: the runner (the restore watcher) sets it to wake itself.
         self.wake_runner: Callable[[], None] = lambda: None
-        self.state = WatcherState.READY
+        self.state: WatcherState = WatcherState.READY
         #: "up" while the control socket is served, "down" while it is being started again
         self.control = "up"
         self.acknowledged: int | None = None
@@ -144,7 +144,7 @@ class ProcessLifecycle:
             socket=str(self.socket_path or ""), instance=self.instance, control=self.control,
         )
 
-    def _announce(self, state: str) -> None:
+    def _announce(self, state: WatcherState) -> None:
         self.state = state
         if self.registry is not None:
             try:
@@ -288,7 +288,7 @@ class ProcessLifecycle:
             reply["prepared_at"] = None
         return reply
 
-    def _settle(self, result: LifecyclePass, success: str, kind: str) -> dict[str, Any]:
+    def _settle(self, result: LifecyclePass, success: WatcherState, kind: str) -> dict[str, Any]:
         """The state and the reply after a lifecycle pass that no restore interrupted."""
         if not result.errors and not result.not_run:
             self.failing_hook = self.error = None

@@ -36,19 +36,19 @@ MovedOn = Callable[[], Awaitable[object]]
 class RestoreProgress:
     """How far the restore of one generation has got, pass after pass."""
 
-    __slots__ = ("errors", "failed_phase", "generation", "hooks", "index", "ok")
+    __slots__ = ("errors", "failed_phase", "generation", "hooks", "index", "succeeded_count")
 
     def __init__(self, generation: int, hooks: list[RestoreHook]) -> None:
         self.generation = generation
         self.hooks = hooks
-        self.ok = 0  # hooks[:ok] have succeeded, in order: what values may rely on
+        self.succeeded_count = 0  # hooks[:succeeded_count] have succeeded, in order: what values may rely on
         self.index = 0  # the next hook of the current pass
         self.failed_phase: int | None = None  # set by a failure: the pass ends after this phase
         self.errors: list[HookError] = []  # the current pass's failures
 
     @property
     def succeeded(self) -> bool:
-        return self.ok >= len(self.hooks)
+        return self.succeeded_count >= len(self.hooks)
 
     @property
     def failed(self) -> bool:
@@ -57,7 +57,7 @@ class RestoreProgress:
 
     def ready_through(self, priority: float) -> bool:
         """Whether every hook with a priority up to ``priority`` has succeeded."""
-        return self.succeeded or self.hooks[self.ok].priority > priority
+        return self.succeeded or self.hooks[self.succeeded_count].priority > priority
 
     def next_hook(self) -> RestoreHook | None:
         """The hook the current pass runs next; None once the pass is over."""
@@ -71,8 +71,8 @@ class RestoreProgress:
     def record(self, hook: RestoreHook, error: HookError | None) -> None:
         """``hook``, the pass's next one, has ended: succeeded (``error`` None) or failed."""
         if error is None:
-            if self.ok == self.index:
-                self.ok += 1
+            if self.succeeded_count == self.index:
+                self.succeeded_count += 1
         else:
             self.errors.append(error)
             if self.failed_phase is None:
@@ -83,8 +83,8 @@ class RestoreProgress:
         """The next pass goes on where this one stopped; after a failure, at the failed phase's first hook."""
         if self.failed_phase is None:
             return
-        phase = self.hooks[self.ok].priority
-        self.index = self.ok = next(i for i, hook in enumerate(self.hooks) if hook.priority >= phase)
+        phase = self.hooks[self.succeeded_count].priority
+        self.index = self.succeeded_count = next(i for i, hook in enumerate(self.hooks) if hook.priority >= phase)
         self.failed_phase = None
         self.errors = []
 

@@ -23,28 +23,24 @@ identities on a registry in the right phases.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import sys
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, overload
 
 if TYPE_CHECKING:
     import numpy
 
-import anyio
 
 from .bound import GenerationBound
-from .callbacks import maybe_await
 from .hooks import RestoreHooks, restore_hooks
 from .phases import Phase
 
 __all__ = [
     "ProcessIdentity",
-    "Reopenable",
     "install_default_hooks",
     "register_random",
     "regenerate_identities",
@@ -56,7 +52,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-logger = logging.getLogger(__name__)
 
 Generator = Union[random.Random, "numpy.random.Generator", "numpy.random.RandomState"]
 G = TypeVar("G", bound=Generator)
@@ -193,83 +188,6 @@ def regenerate_identities(generation: int) -> None:
     """Renew every live :class:`ProcessIdentity`."""
     for identity in list(_identities):
         identity.regenerate()
-
-
-class Reopenable(Generic[T]):
-    """A resource rebuilt on restore: ``pool.current`` is always a live one.
-
-    ``open()`` makes a new resource, ``close(resource)`` disposes of one (both may be
-    async). Register ``reopen`` as a hook (phase ``CONNECTIONS``) or call it yourself.
-    A reopen opens the new resource, swaps it in, then closes the old one: ``current`` is
-    never empty. Code that must not see its resource closed under it holds a lease,
-    ``async with pool.use() as resource:``: the old resource is closed once the last
-    lease on it ends.
-    """
-
-    def __init__(
-        self,
-        open: Callable[[], T | Awaitable[T]],
-        close: Callable[[T], object | Awaitable[object]],
-    ) -> None:
-        self._open = open
-        self._close = close
-        self._current: T | None = None
-        self._lock: anyio.Lock | None = None
-        self._leases: dict[int, int] = {}  # id(resource) -> leases held on it
-        self._released: anyio.Event | None = None
-        self.reopens = 0
-
-    @property
-    def current(self) -> T:
-        if self._current is None:
-            raise RuntimeError("not opened yet: await start() first")
-        return self._current
-
-    async def start(self) -> T:
-        if self._current is None:
-            self._current = await maybe_await(self._open())
-        return self._current
-
-    @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[T]:
-        """Lease the current resource: a reopen meanwhile closes it only after the lease ends."""
-        resource = self.current
-        key = id(resource)
-        self._leases[key] = self._leases.get(key, 0) + 1
-        try:
-            yield resource
-        finally:
-            self._leases[key] -= 1
-            if not self._leases[key]:
-                del self._leases[key]
-                if self._released is not None:
-                    self._released.set()
-
-    async def reopen(self, generation: int | None = None) -> T:
-        """Open a new resource, swap it in, then close the old one once no lease holds it."""
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        async with self._lock:
-            new = await maybe_await(self._open())
-            old, self._current = self._current, new
-            self.reopens += 1
-            if old is not None:
-                await self._retire(old)
-            return new
-
-    async def _retire(self, old: T) -> None:
-        while id(old) in self._leases:
-            self._released = anyio.Event()
-            await self._released.wait()
-        try:
-            await maybe_await(self._close(old))
-        except Exception as exc:  # the new resource is in place: a failed close is only logged
-            logger.error("closing the replaced resource %r failed", old, exc_info=exc)
-
-    async def aclose(self) -> None:
-        old, self._current = self._current, None
-        if old is not None:
-            await maybe_await(self._close(old))
 
 
 def install_default_hooks(hooks: RestoreHooks | None = None) -> RestoreHooks:

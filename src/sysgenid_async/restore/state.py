@@ -147,7 +147,7 @@ class GateState:
         """The typed refusal, naming the hook that holds ``generation`` back (under the lock)."""
         progress = self._progress
         if progress is not None and progress.generation == generation and not progress.succeeded:
-            blocker = progress.hooks[progress.ok].name
+            blocker = progress.hooks[progress.succeeded_count].name
             errors = progress.errors
         else:
             hooks = self._hooks()

@@ -30,12 +30,12 @@ import contextlib
 import logging
 import os
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import anyio
 from anyio.abc import AsyncResource
+from typing_extensions import Unpack
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -48,47 +48,14 @@ from .lifecycle import ProcessLifecycle, plain_errors
 from .passes import LifecyclePass, PassOutcome, cancelled_when
 from .phases import HookKind, RestoreHooksError
 from .registry import RUNTIME_DIR_VARIABLE, Registry, RegistryError, RegistryPermissionError, service_name
+from .retry import RetryPolicy, retry
 from .runner import run_lifecycle, run_restore
 
-__all__ = ["RestoreWatcher", "RetryPolicy", "Subscription", "restore_watcher"]
+__all__ = ["RestoreWatcher", "Subscription", "restore_watcher"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How failed hooks are retried for the same generation."""
-
-    initial_delay: float = 1.0
-    max_delay: float = 60.0
-    factor: float = 2.0
-    #: None: retry until they succeed or a newer generation arrives
-    max_attempts: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("initial_delay", "max_delay", "factor"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"RetryPolicy's {name} must be a number of seconds, not {value!r}")
-        if not self.initial_delay > 0 or not self.max_delay >= self.initial_delay:
-            raise ValueError("RetryPolicy needs 0 < initial_delay <= max_delay")
-        if not self.factor >= 1:
-            raise ValueError("RetryPolicy needs factor >= 1")
-        if self.max_attempts is not None:
-            if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-                raise TypeError(f"RetryPolicy's max_attempts must be an int or None, not {self.max_attempts!r}")
-            if self.max_attempts < 0:
-                raise ValueError(f"RetryPolicy needs max_attempts >= 0, or None, not {self.max_attempts!r}")
-
-    def delays(self) -> Iterator[float]:
-        delay = self.initial_delay
-        attempt = 0
-        while self.max_attempts is None or attempt < self.max_attempts:
-            yield delay
-            delay = min(delay * self.factor, self.max_delay)
-            attempt += 1
 
 
 class Subscription(AsyncResource):
@@ -141,6 +108,17 @@ class Subscription(AsyncResource):
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
             self.close()
+
+
+class WatcherOptions(TypedDict, total=False):
+    """A restore watcher's options besides the device path (see :class:`RestoreWatcher`)."""
+
+    hooks: RestoreHooks | None
+    abi: AbiChoice
+    retry: RetryPolicy | None
+    service: str | None
+    announce: bool
+    runtime_dir: str | os.PathLike[str] | None
 
 
 class RestoreWatcher:
@@ -229,7 +207,7 @@ class RestoreWatcher:
 
     def _attach(self, handle: AsyncSysGenID) -> None:
         if not self._attached:
-            self.hooks.gate.attach(self, handle)
+            self.hooks.gate.attach(self, handle.device)
             self._attached = True
 
     def _detach(self) -> None:
@@ -277,11 +255,7 @@ class RestoreWatcher:
         if outcome is PassOutcome.SUPERSEDED:
             return  # a newer generation arrived: start over with it
         waiting = self._offer(generation)  # after the first pass, whatever it gave
-        hooks_ok = outcome is PassOutcome.SUCCEEDED
-        if not hooks_ok:
-            assert self.last_error is not None
-            lifecycle.failed(self.last_error)
-            hooks_ok = await self._retry(handle, lifecycle, generation)
+        hooks_ok = outcome is PassOutcome.SUCCEEDED or await self._retry(handle, lifecycle, generation)
         if hooks_ok and await self._subscribers_done(handle, lifecycle, generation, waiting):
             if handle.generation == generation:
                 lifecycle.will_acknowledge(generation)
@@ -301,17 +275,22 @@ class RestoreWatcher:
         return outcome
 
     async def _retry(self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle, generation: int) -> bool:
-        """Retry from the failed phase, per the policy; True once every hook succeeded."""
-        for delay in self.retry.delays():
-            if await self._serving_requests(lifecycle, _moved_on_within(handle, generation, Deadline(delay))):
-                return False
+        """After a failed pass: again from the failed phase, per the policy; True once every hook succeeded."""
+
+        async def pass_again() -> bool | None:
             outcome = await self._restore_pass(handle, generation)
-            if outcome is not PassOutcome.FAILED:
-                return outcome is PassOutcome.SUCCEEDED
+            return None if outcome is PassOutcome.SUPERSEDED else outcome is PassOutcome.SUCCEEDED
+
+        def failed(_attempt: int, next_delay: float | None) -> None:
             assert self.last_error is not None
             lifecycle.failed(self.last_error)
-        logger.error("restore hooks still failing for generation %d: left unacknowledged", generation)
-        return False
+            if next_delay is None:
+                logger.error("restore hooks still failing for generation %d: left unacknowledged", generation)
+
+        def pause(delay: float) -> Awaitable[bool]:
+            return self._serving_requests(lifecycle, _moved_on_within(handle, generation, Deadline(delay)))
+
+        return await retry(self.retry, pass_again, pause, failed)
 
     async def _lifecycle_pass(self, kind: HookKind, generation: int, budget: float | None) -> LifecyclePass:
         handle = self.handle
@@ -383,29 +362,23 @@ def _moved_on_within(handle: AsyncSysGenID, generation: int, deadline: Deadline)
 
 @contextlib.asynccontextmanager
 async def restore_watcher(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    hooks: RestoreHooks | None = None,
-    abi: AbiChoice = "auto",
-    retry: RetryPolicy | None = None,
-    service: str | None = None,
-    announce: bool = True,
-    runtime_dir: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | None = None, **options: Unpack[WatcherOptions]
 ) -> AsyncIterator[RestoreWatcher]:
     """Run the process's restore watcher for the duration of the block.
 
     The one line a service needs (``async with restore_watcher(): ...``), in its main or in
-    an ASGI lifespan. Hooks registered before it starts run on the first change. A second
-    watcher on the same registry raises :class:`~sysgenid_async.restore.RestoreWatcherRunningError`.
-    ``service`` names the process in the machine's watcher registry (default: the program's
-    name); ``announce=False`` keeps it out (no entry, no control socket); ``runtime_dir``
-    overrides the registry directory (:func:`~sysgenid_async.restore.registry.runtime_dir`).
+    an ASGI lifespan. It takes :class:`RestoreWatcher`'s options (``hooks``, ``abi``,
+    ``retry``, ``service``, ``announce``, ``runtime_dir``). Hooks registered before it starts
+    run on the first change. A second watcher on the same registry raises
+    :class:`~sysgenid_async.restore.RestoreWatcherRunningError`. ``service`` names the process
+    in the machine's watcher registry (default: the program's name); ``announce=False`` keeps
+    it out (no entry, no control socket); ``runtime_dir`` overrides the registry directory
+    (:func:`~sysgenid_async.restore.registry.runtime_dir`).
     """
-    watcher = RestoreWatcher(path, hooks=hooks, abi=abi, retry=retry, service=service, announce=announce,
-                             runtime_dir=runtime_dir)
+    watcher = RestoreWatcher(path, **options)
     # Open, check the registry and attach before the task group, so that a missing device,
     # a bad registry directory or a second watcher raises plainly, not in an ExceptionGroup.
-    handle = watcher._opened = AsyncSysGenID.open(path, abi=abi)
+    handle = watcher._opened = AsyncSysGenID.open(path, abi=watcher.abi)
     try:
         watcher._start_lifecycle(handle)
         watcher._attach(handle)
