@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 
 import anyio
@@ -164,3 +165,36 @@ def test_bad_registrations() -> None:
     with pytest.raises(TypeError, match="priority"):
         hooks.register(print, priority="high")  # type: ignore[call-overload]
     assert len(hooks) == 0
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio has no Task.cancelling() before 3.11: there a "
+                    "task.cancel() that lands in an async hook counts as that hook's failure (docs/design.md)")
+def test_a_native_cancel_of_the_caller_is_not_a_hook_failure() -> None:
+    """``task.cancel()`` on asyncio reaches a hook as a CancelledError that no anyio scope
+    knows of: the pass must stop and the cancel go on, not be recorded as the hook's failure
+    (asyncio's ``Task.cancelling()`` is how the runner tells the two apart)."""
+    import asyncio
+
+    hooks = RestoreHooks()
+    after: list[int] = []
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        @hooks.register
+        async def slow(generation: int) -> None:
+            started.set()
+            await asyncio.sleep(30)
+
+        @hooks.register
+        def later(generation: int) -> None:
+            after.append(generation)
+
+        task = asyncio.ensure_future(hooks.run(1))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert after == [], "the pass stopped at the cancel"
