@@ -144,13 +144,14 @@ def test_demo_json_is_json_on_every_line(capsys: pytest.CaptureFixture[str]) -> 
 def test_watch_exec_timeout_kills_the_command_and_counts_as_a_failure(
     backend: Backend, keep_bumping: threading.Event, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """The first run hangs (killed after 5 s: a failure); the next change's run succeeds.
-    (5 s: under emulation in the guest, Python alone can take a second to start.)"""
+    """The first run hangs (killed after 5 s: a failure, and with one attempt, no retry); the
+    next change's run succeeds. (5 s: under emulation in the guest, Python alone can take a
+    second to start.)"""
     mark = tmp_path / "ran once"
     script = "import os, sys, time; p = sys.argv[1]; os.path.exists(p) and sys.exit(0); open(p, 'w'); time.sleep(60)"
     started = time.monotonic()
     assert cli("watch", "--device", backend.path, "--exec", f"{sys.executable} -c \"{script}\" '{mark}'",
-               "--exec-timeout", "5", "--max-attempts", "0", "--count", "1") == 0
+               "--exec-timeout", "5", "--max-attempts", "1", "--count", "2") == 0
     assert time.monotonic() - started < 55  # the 60 s run was killed
     err = capsys.readouterr().err
     assert "timed out after 5 s (attempt 1)" in err and "stays unacknowledged; no retries left" in err
@@ -199,12 +200,14 @@ def test_watch_exec_failure_is_retried_and_holds_the_ack(
         "--device", backend.path, "watch", "--exec", command, "--count", "1", "--retry-delay", "0.2",
     )))
     with Device.open(backend.path, watcher=False) as probe:
+        opened = backend.open_files()
         watching.start()
         deadline = time.monotonic() + 60
-        generation = None
+        while backend.open_files() == opened and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the watch, which starts in the thread, has opened the device
+        generation = backend.bump()  # one change: the watch sees it
         while not log.exists() and time.monotonic() < deadline:
-            generation = backend.bump()  # until the watch, which starts in the thread, sees one
-            time.sleep(0.1)
+            time.sleep(0.01)
         assert log.exists(), "the command never ran"
         if backend.abi.value == "v4":
             # after a failure, the CLI's own file is still outdated: an orchestrator sees it
@@ -212,10 +215,34 @@ def test_watch_exec_failure_is_retried_and_holds_the_ack(
         watching.join(60)
     assert not watching.is_alive() and result == [0]
     runs = log.read_text().split()
-    # (a bump that raced the first run restarts the command for the newer generation)
-    assert len(runs) == 3 and int(runs[-1]) == generation
+    assert len(runs) == 3 and {int(run) for run in runs} == {generation}
     err = capsys.readouterr().err
     assert err.count("stays unacknowledged") == 2 and "(attempt 1)" in err
+
+
+def test_watch_count_stops_even_when_the_command_keeps_failing(
+    backend: Backend, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--count counts changes, not successes: a command that always fails ends the watch after
+    N changes, with exit 7 and the last one left unacknowledged; --max-attempts is every run."""
+    log = tmp_path / "runs"
+    command = f"sh -c 'echo run >> {log}; exit 1'"
+    result: list[int] = []
+    watching = threading.Thread(target=lambda: result.append(cli(
+        "--device", backend.path, "watch", "--exec", command, "--count", "1", "--max-attempts", "2",
+        "--retry-delay", "0.05",
+    )))
+    opened = backend.open_files()
+    watching.start()
+    deadline = time.monotonic() + 60
+    while backend.open_files() == opened and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the watch has opened the device
+    backend.bump()  # one change, which the command fails for every time
+    watching.join(60)
+    assert not watching.is_alive() and result == [7]
+    err = capsys.readouterr().err
+    assert err.count("exited with 1") == 2 and "(attempt 2)" in err and "no retries left" in err
+    assert log.read_text().split() == ["run", "run"], "two attempts, as --max-attempts 2 says"
 
 
 def test_watch_exec_of_a_missing_command(backend: Backend, keep_bumping: threading.Event,
@@ -324,8 +351,18 @@ def test_selftest_on_a_missing_device_exits_as_documented(capsys: pytest.Capture
         (["trigger", "--min", "-1"], 2, "must be in 0..4294967295"),
         (["trigger", "--min", str(2**32)], 2, "must be in 0..4294967295"),
         (["trigger", "--min", "many"], 2, "not an integer"),
-        (["wait-watchers", "--timeout", "-1"], 2, "must be >= 0"),
-        (["wait-watchers", "--timeout", "nan"], 2, "must be >= 0"),
+        (["wait-watchers", "--timeout", "-1"], 2, "must be a number of seconds, 0 or more: '-1'"),
+        (["wait-watchers", "--timeout", "nan"], 2, "must be a number of seconds, 0 or more: 'nan'"),
+        (["prepare", "--timeout", "-1"], 2, "must be a number of seconds, 0 or more: '-1'"),
+        (["prepare", "--timeout", "nan"], 2, "must be a number of seconds, 0 or more: 'nan'"),
+        (["simulate", "--restore-every", "nan", "x.py"], 2, "must be a number of seconds, 0 or more: 'nan'"),
+        (["prepare", "--timeout", "0"], 2, "must be more than 0 seconds"),
+        (["watch", "--retry-delay", "inf"], 2, "must be a finite number of seconds"),
+        (["--device", "", "status"], 2, "the device path is empty"),
+        (["watch", "--exec", 'echo "unterminated'], 2, "cannot split"),
+        (["wait-ready", "--channel", "vsock:abc"], 2, "a vsock channel is vsock:CID:PORT"),
+        (["simulate"], 2, "needs a SCRIPT to run"),
+        (["watch", "--max-attempts", "0"], 2, "must be >= 1"),
         (["watch", "--count", "0"], 2, "must be >= 1"),
         (["watch", "--exec", ""], 2, "needs a command"),
         (["--abi", "v5", "status"], 2, "invalid choice"),
@@ -407,10 +444,34 @@ def test_simulate_runs_the_command_line_itself_as_a_module() -> None:
     assert status.returncode == 0 and json.loads(status.stdout)["abi"] == "v4", status.stderr
 
 
+@pytest.mark.parametrize("as_directory", [False, True])
+def test_simulate_runs_a_script_as_python3_would(as_directory: bool, tmp_path: Path) -> None:
+    """The script's directory first on sys.path (so its own modules import), __file__,
+    sys.argv and __main__, as ``python3 SCRIPT``; a directory runs its __main__.py."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "helper.py").write_text("NAME = 'helper'\n")
+    main = project / ("__main__.py" if as_directory else "main.py")
+    main.write_text(
+        "import sys, helper\n"
+        "print(helper.NAME, __name__, __file__, sys.argv, sys.modules['__main__'].__file__ == __file__)\n"
+    )
+    target = project if as_directory else main
+    done = subprocess.run([sys.executable, "-m", "sysgenid_async", "simulate", str(target), "a", "b"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    plain = subprocess.run([sys.executable, str(target), "a", "b"], capture_output=True, text=True, timeout=60,
+                           cwd=tmp_path)
+    assert done.returncode == 0 == plain.returncode, done.stderr
+    assert done.stdout == plain.stdout
+    assert done.stdout.startswith("helper __main__ ")
+
+
 def test_simulate_refuses_a_missing_script_and_leaves_the_device_alone(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("simulate", "/nonexistent/script.py") == 2
     assert capsys.readouterr().err == "sysgenid-async: simulate: /nonexistent/script.py: no such file\n"
     assert cli("simulate", "--restore-every", "0", "x.py") == 2
     assert cli("simulate", "-m", "no_such_module_here") == 2
     assert capsys.readouterr().err.endswith("simulate: no module named no_such_module_here\n")
+    assert cli("simulate", "/") == 2
+    assert capsys.readouterr().err == "sysgenid-async: simulate: /: a directory with no __main__.py\n"
     assert "SYSGENID_SIMULATOR" not in os.environ

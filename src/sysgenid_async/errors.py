@@ -156,7 +156,8 @@ class DeviceIOError(SysGenIDError, _MessageOSError):
 def _device_hint(path: str) -> str:
     return (
         f"{path}: no sysgenid device. Load a driver for it (this project's kernel/ module: "
-        f"'insmod sysgenid.ko'), or point SYSGENID_DEVICE or --device at the right path"
+        f"'insmod sysgenid.ko'), or point SYSGENID_DEVICE or --device at the right path; to try a "
+        f"program without one, run it on the simulator: 'sysgenid-async simulate program.py'"
     )
 
 

@@ -28,7 +28,6 @@ from ._options import (
     EXIT_OK,
     EXIT_SELFTEST_FAILED,
     EXIT_TIMED_OUT,
-    EXIT_USAGE,
     emit,
 )
 
@@ -64,21 +63,20 @@ def status(options: argparse.Namespace) -> int:
 
 
 def watch(options: argparse.Namespace) -> int:
-    command = shlex.split(options.exec_command) if options.exec_command else None
-    if options.exec_command is not None and not command:
-        print("sysgenid-async: --exec needs a command", file=sys.stderr)
-        return EXIT_USAGE
+    command: list[str] | None = options.exec_command  # split by the parser
 
     async def run() -> int:
         from ..async_device import moved_on
         from ..restore.retry import RetryPolicy, retry
         from ..watch import watch
 
+        retries = None if options.max_attempts is None else options.max_attempts - 1
         policy = RetryPolicy(initial_delay=options.retry_delay, max_delay=max(options.retry_delay, 60.0),
-                             max_attempts=options.max_attempts)
+                             max_attempts=retries)
 
-        async def run_until_done(command: list[str], generation: int, handle: AsyncSysGenID) -> bool:
-            """Run the command until it exits 0 (True), or give up on this generation (False)."""
+        async def run_until_done(command: list[str], generation: int, handle: AsyncSysGenID, *, hold: bool) -> bool:
+            """Run the command until it exits 0 (True), or give up on this generation (False);
+            ``hold``: then keep it unacknowledged until the next one."""
             env = dict(os.environ, SYSGENID_GENERATION=str(generation))
             status: int | str = 0
 
@@ -96,7 +94,7 @@ def watch(options: argparse.Namespace) -> int:
             if await attempt() or await retry(policy, attempt, lambda delay: moved_on(handle, generation, delay),
                                               failed):
                 return True
-            if handle.generation == generation:
+            if hold and handle.generation == generation:
                 # Kept unacknowledged, for an orchestrator to see, until the next generation.
                 await moved_on(handle, generation, None)
             return False
@@ -105,10 +103,15 @@ def watch(options: argparse.Namespace) -> int:
         async with watch(options.device, abi=options.abi, ack=not options.no_ack) as changes:
             async for generation in changes:
                 emit(options, {"generation": generation, "time": time.time()}, f"generation {generation}")
-                if command is not None and not await run_until_done(command, generation, changes.handle):
-                    continue  # a newer generation: the next iteration reads it (this one is stale)
                 seen += 1
-                if options.count is not None and seen >= options.count:
+                last = options.count is not None and seen >= options.count
+                if command is not None and not await run_until_done(command, generation, changes.handle,
+                                                                    hold=not last):
+                    if last:
+                        changes.close()  # closed, not acknowledged: the command failed for it
+                        return EXIT_EXEC_FAILED
+                    continue  # a newer generation: the next iteration reads it (this one is stale)
+                if last:
                     break  # a clean exit from the block acknowledges this last generation
         return EXIT_OK
 

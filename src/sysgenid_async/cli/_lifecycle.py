@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -69,13 +70,14 @@ def lifecycle(options: argparse.Namespace) -> int:
             print(f"sysgenid-async: {op}: another prepare or resume is in progress", file=sys.stderr)
             return EXIT_BUSY
         entries = registry.entries()
-        message = {"op": op, "timeout": options.timeout}
+        budget = math.inf if options.timeout is None else options.timeout  # --timeout inf: no limit
+        message = {"op": op, "timeout": budget}
         replies: dict[int, dict[str, object]] = {}
 
         async def ask(index: int, entry: WatcherEntry) -> None:
             path = registry.socket_path(entry.pid, entry.instance)  # the directory's, not what the entry says
             try:
-                replies[index] = await control.request(path, message, options.timeout + REPLY_GRACE_SECONDS)
+                replies[index] = await control.request(path, message, budget + REPLY_GRACE_SECONDS)
             except control.ControlError as exc:
                 replies[index] = {"ok": False, "error": str(exc)}
 

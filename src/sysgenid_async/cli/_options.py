@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from collections.abc import Callable, Mapping
 
 from .. import __version__
@@ -34,9 +35,10 @@ EXIT_CODES = {
     EXIT_USAGE: "usage error",
     EXIT_TIMED_OUT: "wait-watchers, wait-ready: timed out with watchers still outdated",
     EXIT_NO_DEVICE: "the device does not exist",
-    EXIT_PERMISSION: "permission denied (the message names the permission)",
+    EXIT_PERMISSION: "permission denied (the message names the permission), or the registry directory is not "
+    "private",
     EXIT_SELFTEST_FAILED: "selftest: at least one check failed",
-    EXIT_EXEC_FAILED: "watch --exec: the command could not be started",
+    EXIT_EXEC_FAILED: "watch --exec: the command could not be started, or failed for the last of --count changes",
     EXIT_LIFECYCLE_FAILED: "prepare, resume: a process failed, did not answer or was not prepared; the registry "
     "directory does not exist; fewer watchers than --expect",
     EXIT_BUSY: "prepare, resume: another prepare or resume is in progress",
@@ -53,23 +55,53 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: {message}")
 
 
-def _timeout(text: str) -> float | None:
-    """Seconds, checked as every timeout of the library is (``inf``: no limit)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    try:
-        return validate_timeout(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}") from None
+def seconds(*, zero: bool = False, unlimited: bool = False) -> Callable[[str], float | None]:
+    """An argparse type for a duration, checked by the library's one validator
+    (:func:`~sysgenid_async.timeouts.validate_timeout`). ``zero``: 0 is allowed (look once);
+    ``unlimited``: ``inf`` is allowed (no limit, given as None). NaN and negative numbers are
+    refused with the same message everywhere."""
+
+    def parse(text: str) -> float | None:
+        try:
+            number = float(text)
+            value = validate_timeout(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more: {text!r}") from None
+        if value == 0 and not zero:
+            raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+        if value is None and not unlimited:
+            raise argparse.ArgumentTypeError(f"must be a finite number of seconds: {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = _timeout(text)
-    if value is None or value == 0:
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number: {text!r}")
-    return value
+def _device_path(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("the device path is empty (leave --device out for the default)")
+    return text
+
+
+def _command_line(text: str) -> list[str]:
+    """``--exec``'s command, split as a shell would (it runs without one)."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"cannot split {text!r} into words: {exc}") from None
+    if not words:
+        raise argparse.ArgumentTypeError("needs a command")
+    return words
+
+
+def _channel(text: str) -> str:
+    """``PATH`` or ``vsock:CID:PORT``: the form is checked here, the channel opened by the command."""
+    if text.startswith("vsock:"):
+        parts = text.split(":")
+        if len(parts) != 3 or not all(part.isdigit() for part in parts[1:]):
+            raise argparse.ArgumentTypeError(f"a vsock channel is vsock:CID:PORT, with numbers: {text!r}")
+    elif not text:
+        raise argparse.ArgumentTypeError("the channel path is empty")
+    return text
 
 
 def _int_from(minimum: int) -> Callable[[str], int]:
@@ -111,7 +143,7 @@ def _global_options(*, defaults: bool) -> _Parser:
         return value if defaults else argparse.SUPPRESS
 
     common = _Parser(add_help=False)
-    common.add_argument("--device", metavar="PATH", default=default(None),
+    common.add_argument("--device", metavar="PATH", type=_device_path, default=default(None),
                         help="device path (default: $SYSGENID_DEVICE, then /dev/sysgenid)")
     common.add_argument("--abi", choices=["auto", "v4", "v8"], default=default("auto"),
                         help="ABI to speak (default: probe)")
@@ -147,19 +179,22 @@ def build_parser() -> _Parser:
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
     watch.add_argument("--no-ack", action="store_true", help="never acknowledge (reopen after each change)")
     watch.add_argument(
-        "--exec", dest="exec_command", metavar="CMD",
+        "--exec", dest="exec_command", metavar="CMD", type=_command_line,
         help="run CMD (split like a shell would, but run without one) on each change, with "
         "SYSGENID_GENERATION in its environment; acknowledge only if it exits 0",
     )
-    watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N changes")
-    watch.add_argument("--exec-timeout", type=_positive_float, metavar="SECONDS",
+    watch.add_argument("--count", type=_positive_int, metavar="N",
+                       help="stop after N changes, whether --exec's command succeeded for them or not "
+                       f"(exit {EXIT_EXEC_FAILED} if it failed for the last one)")
+    watch.add_argument("--exec-timeout", type=seconds(unlimited=True), metavar="SECONDS",
                        help="--exec: kill the command after SECONDS; that counts as a failure (default: no limit)")
-    watch.add_argument("--retry-delay", type=_positive_float, default=1.0, metavar="SECONDS",
+    watch.add_argument("--retry-delay", type=seconds(), default=1.0, metavar="SECONDS",
                        help="--exec: first delay before running a failed command again, doubling up to 60 s "
                        "(default 1)")
-    watch.add_argument("--max-attempts", type=_non_negative_int, metavar="N",
-                       help="--exec: retries of a failed command for one generation (default: until it "
-                       "succeeds or the generation changes); then the generation stays unacknowledged")
+    watch.add_argument("--max-attempts", type=_positive_int, metavar="N",
+                       help="--exec: run a failed command at most N times for one generation, the first "
+                       "included (default: until it succeeds or the generation changes); then the "
+                       "generation stays unacknowledged")
 
     trigger = add_command("trigger", help="force a generation change (privileged)")
     trigger.add_argument("--min", dest="min_generation", type=_u32, default=0, metavar="N",
@@ -167,7 +202,8 @@ def build_parser() -> _Parser:
     trigger.add_argument("--json", action="store_true", help="one JSON object")
 
     wait = add_command("wait-watchers", help="wait until every watcher has acknowledged")
-    wait.add_argument("--timeout", type=_timeout, metavar="SECONDS", help="give up after SECONDS")
+    wait.add_argument("--timeout", type=seconds(zero=True, unlimited=True), metavar="SECONDS",
+                      help="give up after SECONDS (0: look once; default and inf: no limit)")
     wait.add_argument("--json", action="store_true", help="one JSON object")
 
     selftest = add_command("selftest", help="check that the live device behaves as documented")
@@ -177,7 +213,7 @@ def build_parser() -> _Parser:
     for name, text in (("prepare", "ask every registered process to run its before-snapshot hooks; wait for all"),
                        ("resume", "after a prepare that no snapshot restore followed: run the resume hooks")):
         lifecycle = add_command(name, help=text)
-        lifecycle.add_argument("--timeout", type=_positive_float, default=30.0, metavar="SECONDS",
+        lifecycle.add_argument("--timeout", type=seconds(unlimited=True), default=30.0, metavar="SECONDS",
                                help=f"the hooks' budget in each process (default 30); replies are awaited "
                                f"{REPLY_GRACE_SECONDS:g} s longer")
         lifecycle.add_argument("--expect", type=_non_negative_int, default=0, metavar="N",
@@ -186,8 +222,9 @@ def build_parser() -> _Parser:
         lifecycle.add_argument("--json", action="store_true", help="one JSON object per process")
 
     ready = add_command("wait-ready", help="wait until every registered watcher has caught up with the device")
-    ready.add_argument("--timeout", type=_timeout, metavar="SECONDS", help="give up after SECONDS")
-    ready.add_argument("--channel", metavar="PATH|vsock:CID:PORT",
+    ready.add_argument("--timeout", type=seconds(zero=True, unlimited=True), metavar="SECONDS",
+                       help="give up after SECONDS (0: look once; default and inf: no limit)")
+    ready.add_argument("--channel", metavar="PATH|vsock:CID:PORT", type=_channel,
                        help="also write a JSON line per ready generation there (a virtio-serial port, or vsock)")
     ready.add_argument("--follow", action="store_true",
                        help="keep going: report every later generation once ready (--timeout then does not apply)")
@@ -201,14 +238,15 @@ def build_parser() -> _Parser:
         help="run a Python script on the simulator: a simulated device at --device (default: the default "
         "path), restored every --restore-every seconds; the script's exit status",
     )
-    simulate.add_argument("--restore-every", type=_positive_float, default=1.0, metavar="SECONDS",
+    simulate.add_argument("--restore-every", type=seconds(), default=1.0, metavar="SECONDS",
                           help="a simulated restore (a generation change) this often (default 1)")
     simulate.add_argument("--json", action="store_true",
                           help="report each simulated restore on stderr as a JSON object, not a sentence")
     simulate.add_argument("-m", dest="as_module", action="store_true",
                           help="SCRIPT names a module, run as python3 -m SCRIPT would (-m sysgenid_async status: "
                           "this command line on the simulator)")
-    simulate.add_argument("script", metavar="SCRIPT", help="the Python file to run, as python3 SCRIPT would")
+    simulate.add_argument("script", metavar="SCRIPT", nargs="?",
+                          help="the Python file (or directory with a __main__.py) to run, as python3 SCRIPT would")
     simulate.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARG", help="its arguments")
     return parser
 

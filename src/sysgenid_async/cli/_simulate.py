@@ -25,6 +25,10 @@ def simulate(options: argparse.Namespace) -> int:
 
     from ..testing import SimulatedDevice
 
+    if options.script is None:
+        print("sysgenid-async simulate: needs a SCRIPT to run (a Python file, or -m MODULE), then its "
+              "arguments", file=sys.stderr)
+        return EXIT_USAGE
     if options.as_module:
         import importlib.util
 
@@ -35,7 +39,10 @@ def simulate(options: argparse.Namespace) -> int:
         if not found:
             print(f"sysgenid-async: simulate: no module named {options.script}", file=sys.stderr)
             return EXIT_USAGE
-    elif not os.path.isfile(options.script):
+    elif os.path.isdir(options.script) and not os.path.isfile(os.path.join(options.script, "__main__.py")):
+        print(f"sysgenid-async: simulate: {options.script}: a directory with no __main__.py", file=sys.stderr)
+        return EXIT_USAGE
+    elif not os.path.exists(options.script):
         print(f"sysgenid-async: simulate: {options.script}: no such file", file=sys.stderr)
         return EXIT_USAGE
     device = SimulatedDevice(abi=None if options.abi == "auto" else options.abi)
@@ -49,7 +56,7 @@ def simulate(options: argparse.Namespace) -> int:
                 f"sysgenid-async: simulated restore: generation {generation}")
             print(report, file=sys.stderr, flush=True)
 
-    saved_argv, saved_dir = sys.argv, os.environ.get(RUNTIME_DIR_VARIABLE)
+    saved_argv, saved_path, saved_dir = sys.argv, list(sys.path), os.environ.get(RUNTIME_DIR_VARIABLE)
     restorer = threading.Thread(target=restores, name="sysgenid-async simulate", daemon=True)
     # The script's restore watchers announce themselves in a registry of their own (unless
     # --runtime-dir names one): a simulation never answers the machine's prepare.
@@ -59,13 +66,18 @@ def simulate(options: argparse.Namespace) -> int:
         sys.argv = [options.script, *options.arguments]
         try:
             if options.as_module:
+                sys.path.insert(0, os.getcwd())  # as python3 -m puts the working directory first
                 runpy.run_module(options.script, run_name="__main__", alter_sys=True)
             else:
+                # As python3 SCRIPT: the script's directory first on sys.path (a directory: itself).
+                sys.path.insert(0, os.path.dirname(os.path.realpath(options.script))
+                                if os.path.isfile(options.script) else os.path.realpath(options.script))
                 runpy.run_path(options.script, run_name="__main__")
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
         finally:
             sys.argv = saved_argv
+            sys.path[:] = saved_path
             if saved_dir is None:
                 os.environ.pop(RUNTIME_DIR_VARIABLE, None)
             else:
