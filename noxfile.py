@@ -1,5 +1,6 @@
 """Project tasks. ``nox`` (the default sessions) is what CI runs: lint, types, the docs
-site, the host suite on every supported Python (3.14 and 3.15 in a Debian sid root), the
+site, the sdist and the wheel (checked, and the demo run from the installed wheel), the host
+suite on every supported Python (3.14 and 3.15 in a Debian sid root), the
 client integrations against real PostgreSQL and Redis servers, the kernel-device suite in the
 QEMU guest on the newest Debian kernel with Python 3.15 (our module in both ABIs and both
 shipped-driver flavours), the driver's conformance on the other kernels (the host's, Debian
@@ -12,6 +13,7 @@ import glob
 import os
 import shutil
 import subprocess
+import tempfile
 
 import nox
 
@@ -25,8 +27,8 @@ CONFORMANCE = ["tests/test_conformance.py", "tests/test_kernel_module.py", "test
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = [
-    "lint", "typecheck", "docs", "tests", "integrations", "tests-sid", "kernel", "kernel-host", "kernel-trixie",
-    "kernel-fixed-abi", "dkms", "clones", "clones-sid", "bench-smoke", "matrix",
+    "lint", "typecheck", "docs", "package", "tests", "integrations", "tests-sid", "kernel", "kernel-host",
+    "kernel-trixie", "kernel-fixed-abi", "dkms", "clones", "clones-sid", "bench-smoke", "matrix",
 ]
 
 
@@ -236,6 +238,29 @@ def docs(session: nox.Session) -> None:
     """Build the documentation site in strict mode (any warning fails)."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python=GUEST_PYTHON)
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel from it, check both (twine, .ci/check_dist.py), then install
+    the wheel into a fresh virtual environment outside the checkout and run the demo from it."""
+    dist = os.path.abspath("build/dist")
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("build>=1.2", "twine>=5")
+    session.run("python", "-m", "build", "--outdir", dist)  # the wheel is built from the sdist
+    session.run("twine", "check", "--strict", *sorted(glob.glob(f"{dist}/*")))
+    session.run("python", ".ci/check_dist.py", dist)
+    (wheel,) = glob.glob(f"{dist}/*.whl")
+    with tempfile.TemporaryDirectory(prefix="sysgenid-async-wheel-") as place:
+        venv = os.path.join(place, "venv")
+        session.run("python", "-m", "venv", venv)
+        python = os.path.join(venv, "bin", "python")
+        session.run(python, "-m", "pip", "install", "--quiet", wheel, external=True)
+        with session.chdir(place):  # not the checkout: its src/ must not be what is imported
+            session.run(python, "-c", "import sysgenid_async, sys; "
+                        "assert sysgenid_async.__file__.startswith(sys.prefix), sysgenid_async.__file__",
+                        external=True)
+            session.run(os.path.join(venv, "bin", "sysgenid-async"), "demo", external=True)
 
 
 @nox.session(python=GUEST_PYTHON)
