@@ -28,7 +28,7 @@ nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = [
     "lint", "typecheck", "docs", "package", "tests", "integrations", "tests-sid", "kernel", "kernel-host",
-    "kernel-trixie", "kernel-fixed-abi", "dkms", "clones", "clones-sid", "bench-smoke", "matrix",
+    "kernel-trixie", "kernel-fixed-abi", "dkms", "deb", "clones", "clones-sid", "bench-smoke", "matrix",
 ]
 
 
@@ -205,11 +205,31 @@ def bench_smoke(session: nox.Session) -> None:
 @nox.session(python=False)
 def dkms(session: nox.Session) -> None:
     """DKMS builds, signs and installs the module for every kernel with headers, here and in
-    the trixie and sid roots (each suite's own DKMS), then removes it (root)."""
+    the trixie root (that suite's own DKMS), then removes it (root). The sid root's DKMS builds
+    it from the Debian package: the deb session."""
     session.run("bash", "kernel/dkms-check.sh", *session.posargs, external=True)
-    for suite in ("trixie", "sid"):
-        session.run("python3", "kernel/vm/suites.py", "run", suite, "--", "bash", "/project/kernel/dkms-check.sh",
-                    *session.posargs, external=True)
+    # sid's DKMS builds the module from the Debian package, in the deb session
+    session.run("python3", "kernel/vm/suites.py", "run", "trixie", "--", "bash", "/project/kernel/dkms-check.sh",
+                *session.posargs, external=True)
+
+
+@nox.session(python=GUEST_PYTHON)
+def deb(session: nox.Session) -> None:
+    """The Debian package (kernel/deb/): build sysgenid-dkms_<version>_all.deb, install it with
+    apt in a root of the newest Debian suite (its DKMS builds the module for that suite's
+    kernels), purge it again, then boot that suite's kernel and load the module the package
+    built (root)."""
+    deb = session.run("bash", "kernel/deb/build-deb.sh", "build/deb", external=True, silent=True)
+    assert isinstance(deb, str)
+    package = os.path.relpath(deb.strip().splitlines()[-1])
+    shutil.rmtree("build/deb/modules", ignore_errors=True)
+    session.run("python3", "kernel/vm/suites.py", "run", "sid", "--", "bash", "/project/kernel/deb/check-deb.sh",
+                f"/project/{package}", "/project/build/deb/modules", external=True)
+    release = session.run("python3", "kernel/vm/suites.py", "kernel", "sid", "cloud", external=True, silent=True)
+    assert isinstance(release, str)
+    kver = release.strip().splitlines()[-1].split()[0]
+    _run_guest(session, "--kernel", "sid", "--module", f"build/deb/modules/{kver}/sysgenid.ko",
+               "--", *(session.posargs or ["tests/test_kernel_module.py"]))
 
 
 @nox.session(python=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +38,30 @@ def test_example(backend: Backend, script: str, expected: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert expected.format(first=first, second=(first + 1) % 2**32) in done.stdout, done.stdout
     assert "UNCHANGED" not in done.stdout
+
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[\[<>=;! ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_what_the_examples_import_is_installed_by_the_examples_extra() -> None:
+    """Beyond the standard library, the package and its own dependencies, an example imports
+    only what ``pip install 'sysgenid-async[examples]'`` brings (the installed metadata says)."""
+    from importlib.metadata import requires
+
+    installed = {
+        _requirement_name(requirement) for requirement in requires("sysgenid-async") or []
+        if "extra ==" not in requirement or re.search(r"extra == ['\"]examples['\"]", requirement)
+    }
+    local = {path.stem for path in EXAMPLES.glob("*.py")}
+    needed: set[str] = set()
+    for example in EXAMPLES.glob("*.py"):
+        for node in ast.walk(ast.parse(example.read_text())):
+            if isinstance(node, ast.Import):
+                needed |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                needed.add(node.module.split(".")[0])
+    foreign = needed - set(sys.stdlib_module_names) - local - {"sysgenid_async", "__future__"}
+    assert foreign <= installed, f"examples import {sorted(foreign - installed)}, which no extra installs"
+    assert {"trio", "httpx"} <= foreign, "the check sees the examples' own imports"

@@ -21,13 +21,14 @@ DEMO_PATH = "/dev/sysgenid (simulated)"
 SERVICES = (("session-tokens", 0.05), ("uuid-allocator", 0.15), ("connection-pool", 0.30))
 
 
-async def run_demo() -> int:
+async def run_demo(abi: str = "v4") -> int:
+    """The story on a simulated device that speaks ``abi`` ("v4" or "v8"); 0 when it ends well."""
     start = time.monotonic()
 
     def say(who: str, text: str) -> None:
         print(f"[{time.monotonic() - start:6.3f}s] {who:>16}: {text}", flush=True)
 
-    sim = SimulatedDevice("v4")
+    sim = SimulatedDevice(abi)
     with sim.installed(DEMO_PATH, set_env=False):
         ready = anyio.Event()
         started = 0
@@ -53,12 +54,13 @@ async def run_demo() -> int:
             async with open_sysgenid(DEMO_PATH) as device:
                 one_started()
                 generation = await device.wait_for_change()
-                say("orchestrator", f"generation {generation}: pausing the service, "
-                    f"{device.outdated_watchers()} watchers outdated")
+                v4 = device.abi.value == "v4"
+                count = f"{device.outdated_watchers()} watchers" if v4 else "watchers (v8: not counted)"
+                say("orchestrator", f"generation {generation}: pausing the service, {count} outdated")
                 device.ack(generation)
                 result = await device.wait_watchers(timeout=5)
-                say("orchestrator", f"wait_watchers -> {result.value}; "
-                    f"{device.outdated_watchers()} outdated; resuming")
+                left = f"{device.outdated_watchers()} outdated; " if v4 else ""
+                say("orchestrator", f"wait_watchers -> {result.value}; {left}resuming")
                 return result
 
         outcome: list[WaitResult] = []

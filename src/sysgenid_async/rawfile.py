@@ -19,7 +19,7 @@ from typing import Protocol
 
 from .uapi import PAGE_SIZE
 
-__all__ = ["KernelFile", "RawFile", "install_opener", "open_raw", "remove_opener"]
+__all__ = ["KernelFile", "RawFile", "install_opener", "opened_in_process", "open_raw", "remove_opener"]
 
 
 class RawFile(Protocol):
@@ -140,6 +140,12 @@ def remove_opener(path: str, opener: Opener) -> None:
 
 #: Set while a simulator is installed with ``set_env``: ``PID:PATH`` of the process serving it.
 SIMULATOR_ENV_VAR = "SYSGENID_SIMULATOR"
+
+
+def opened_in_process(path: str) -> bool:
+    """Whether opens of ``path`` are served in this process (a simulator installed there):
+    another process cannot open it."""
+    return path in _openers
 
 
 def open_raw(path: str, *, readonly: bool = False, nonblock: bool = True) -> RawFile:

@@ -28,6 +28,7 @@ from ._options import (
     EXIT_OK,
     EXIT_SELFTEST_FAILED,
     EXIT_TIMED_OUT,
+    EXIT_USAGE,
     emit,
 )
 
@@ -171,11 +172,16 @@ def selftest(options: argparse.Namespace) -> int:
 def demo(options: argparse.Namespace) -> int:
     from ..demo import run_demo
 
+    if options.device is not None:
+        print("sysgenid-async demo: runs on a simulated device of its own; --device does not apply (see "
+              "'sysgenid-async simulate' to run a program on the simulator)", file=sys.stderr)
+        return EXIT_USAGE
+    abi = "v4" if options.abi == "auto" else options.abi
     if not options.json:
-        return anyio.run(run_demo)
+        return anyio.run(run_demo, abi)
     story = io.StringIO()
     with contextlib.redirect_stdout(story):
-        status = anyio.run(run_demo)
+        status = anyio.run(run_demo, abi)
     for line in story.getvalue().splitlines():
         print(json.dumps(line))
     return status
