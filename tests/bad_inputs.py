@@ -190,6 +190,8 @@ CASES: list[Case] = [
     Case("RetryPolicy(...)", "max_attempts=1.5", lambda c: RetryPolicy(max_attempts=1.5), TypeError),  # type: ignore[arg-type]
     Case("RetryPolicy(...)", "initial_delay='1' (a str)", lambda c: RetryPolicy(initial_delay="1"), TypeError),  # type: ignore[arg-type]
     Case("RetryPolicy(...)", "max_delay=nan", lambda c: RetryPolicy(max_delay=math.nan), ValueError),
+    Case("RetryPolicy(...)", "initial_delay=-1", lambda c: RetryPolicy(initial_delay=-1), ValueError),
+    Case("RetryPolicy(...)", "max_delay=inf", lambda c: RetryPolicy(max_delay=math.inf), ValueError),
     Case("RestoreWatcher(path, service=...)", "an empty name", lambda c: RestoreWatcher(c.path, service=""),
          ValueError),
     Case("RestoreWatcher(path, service=...)", "a name with a newline", lambda c: RestoreWatcher(c.path, service="a\nb"),

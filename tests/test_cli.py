@@ -358,6 +358,7 @@ def test_selftest_on_a_missing_device_exits_as_documented(capsys: pytest.Capture
     ("args", "status", "message"),
     [
         (["--device", "/nonexistent/sysgenid", "status"], 4, "SYSGENID_DEVICE"),
+        (["--device", "/nonexistent/sysgenid", "status"], 4, "run it on the simulator: 'sysgenid-async simulate"),
         (["--device", "/dev/null", "status"], 1, "not a sysgenid device"),
         (["trigger", "--min", "-1"], 2, "must be in 0..4294967295"),
         (["trigger", "--min", str(2**32)], 2, "must be in 0..4294967295"),

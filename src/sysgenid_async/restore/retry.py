@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+from ..timeouts import validate_timeout
+
 __all__ = ["RetryPolicy", "retry"]
 
 
@@ -25,10 +27,11 @@ class RetryPolicy:
     max_attempts: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("initial_delay", "max_delay", "factor"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"RetryPolicy's {name} must be a number of seconds, not {value!r}")
+        for name in ("initial_delay", "max_delay"):  # durations: the library's one validator first
+            if validate_timeout(getattr(self, name), f"RetryPolicy's {name}") is None:
+                raise ValueError(f"RetryPolicy's {name} must be a finite number of seconds")
+        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)):
+            raise TypeError(f"RetryPolicy's factor must be a number, not {self.factor!r}")
         if not self.initial_delay > 0 or not self.max_delay >= self.initial_delay:
             raise ValueError("RetryPolicy needs 0 < initial_delay <= max_delay")
         if not self.factor >= 1:
