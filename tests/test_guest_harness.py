@@ -324,6 +324,12 @@ def _summary(build: Path, name: str, cases: list[str], **fields: object) -> None
     (directory / "junit.xml").write_text(f'<testsuites><testsuite name="kernel-device">{body}</testsuite></testsuites>')
 
 
+def test_the_table_names_the_packages_module(matrix: ModuleType, tmp_path: Path) -> None:
+    _summary(tmp_path, "deb", ["pass"] * 22, python="3.11.7", selection=["tests/test_kernel_module.py"],
+             module="build/deb/modules/7.2.13+deb14-cloud-amd64/sysgenid.ko")
+    assert "conformance (kernel_module); ABIs v4,v8, the module the Debian package built |" in matrix.table(tmp_path)
+
+
 def test_the_table_says_what_ran_where(matrix: ModuleType, tmp_path: Path) -> None:
     _summary(tmp_path, "kernel", ["pass"] * 1200 + ["xfail"] * 7 + ["skip"] * 2, flavours="amazon-linux,v4-patch")
     _summary(tmp_path, "kernel-trixie", ["pass"] * 10 + ["fail"] * 2, kernel="6.12.117+deb13-cloud-amd64",

@@ -59,6 +59,8 @@ def _what(summary: dict[str, Any]) -> str:
     driver = f"ABIs {summary.get('abis')}" + (f", {build}" if build else "")
     if summary.get("flavours"):
         driver += f", flavours {summary['flavours']}"
+    if str(summary.get("module") or "").startswith("build/deb/"):
+        driver += ", the module the Debian package built"
     return f"{what}; {driver}"
 
 
