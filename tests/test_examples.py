@@ -40,6 +40,18 @@ def test_example(backend: Backend, script: str, expected: str) -> None:
     assert "UNCHANGED" not in done.stdout
 
 
+def test_a_two_file_example_runs_under_simulate(tmp_path: Path) -> None:
+    """``sysgenid-async simulate examples/watchdog.py`` imports the example's own ``_restores``
+    from beside it, as ``python3 examples/watchdog.py`` does, from any working directory. With
+    ``--trigger`` the example forces its two restores on the (simulated) device and exits."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sysgenid_async", "simulate", "--restore-every", "3600",
+         str(EXAMPLES / "watchdog.py"), "--trigger"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "generation 2: reseeded" in done.stdout, done.stdout
+
 
 def _requirement_name(requirement: str) -> str:
     return re.split(r"[\[<>=;! ]", requirement, maxsplit=1)[0].lower()

@@ -327,6 +327,18 @@ async def test_prepare_then_resume_through_the_command_line(
 
 
 @pytest.mark.anyio
+async def test_prepare_and_resume_with_no_time_limit(backend: Backend, runtime: str) -> None:
+    """``--timeout inf`` means no limit, as for every duration that can have none."""
+    pool, restores = Pool(), list[int]()
+    async with restore_watcher(backend.path, hooks=pooled_hooks(pool, restores), service="api", runtime_dir=runtime):
+        assert await run_cli("--runtime-dir", runtime, "prepare", "--timeout", "inf") == EXIT_OK
+        assert not pool.is_open and own_entry(runtime).state == WatcherState.PREPARED
+        assert await run_cli("--runtime-dir", runtime, "resume", "--timeout", "inf") == EXIT_OK
+        assert pool.is_open and own_entry(runtime).state == WatcherState.READY
+    pool.close()
+
+
+@pytest.mark.anyio
 async def test_a_restore_after_prepare_counts_as_the_resume(backend: Backend, runtime: str) -> None:
     pool, restores = Pool(), list[int]()
     resumed: list[int] = []
