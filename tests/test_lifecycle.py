@@ -729,8 +729,10 @@ async def test_wait_ready_waits_for_every_registered_watcher_and_writes_the_chan
 
 
 def test_wait_ready_with_a_bad_channel(backend: Backend, runtime: str, capsys: pytest.CaptureFixture[str]) -> None:
-    for spec, message in [("/nonexistent-dir/port", "cannot open the channel"), ("vsock:x:1", "vsock:CID:PORT")]:
-        assert cli("--runtime-dir", runtime, "--device", backend.path, "wait-ready", "--channel", spec) == 1
+    # A channel that cannot be opened is an error of the run (1); one that is malformed, of usage (2).
+    for spec, status, message in [("/nonexistent-dir/port", 1, "cannot open the channel"),
+                                  ("vsock:x:1", 2, "vsock:CID:PORT")]:
+        assert cli("--runtime-dir", runtime, "--device", backend.path, "wait-ready", "--channel", spec) == status
         assert message in capsys.readouterr().err
 
 
