@@ -9,7 +9,8 @@ What is ABI and what is the project's own choice: a test of a stricter choice of
 module (``stricter_choice``) is skipped on a foreign module; a test that a named driver's
 quirk breaks (``breaks_on``) is an expected failure there, strict; a test of a quirk itself
 (``with_quirk``) runs only where the driver has it. Tests of the library's own resource
-hygiene (``once_per_abi``: the leak cycles) do not run again on each flavour.
+hygiene and others no quirk can change (``once_per_abi``: the leak cycles, the examples,
+bad input) do not run again on each flavour.
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ def _state(backend: Backend) -> tuple[int, int, int]:
     return backend.generation, backend.open_files(), len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.once_per_abi  # refused before any quirk could matter: not rerun per flavour
 @pytest.mark.parametrize("case", _params())
 def test_a_bad_input_gets_its_answer_and_changes_nothing(
     backend: Backend, context: Context, case: Case, capsys: pytest.CaptureFixture[str],

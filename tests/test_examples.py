@@ -15,6 +15,7 @@ from backends import Backend
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+@pytest.mark.once_per_abi  # the examples use no driver quirk: not rerun per flavour
 @pytest.mark.parametrize(
     ("script", "expected"),
     [

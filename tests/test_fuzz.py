@@ -29,7 +29,7 @@ from backends import Backend
 
 pytestmark = pytest.mark.kernel_only
 
-SECONDS = 15.0
+SECONDS = 10.0  # per backend, under emulation
 TROUBLE = re.compile(r"Oops|BUG:|WARNING:|general protection|Call Trace:|UBSAN:|KASAN:|refcount_t:")
 MAP_FAILED = ctypes.c_void_p(-1).value
 
