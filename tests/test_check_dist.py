@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import tarfile
 import zipfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from scripts import load_script
 
 CHECK = Path(__file__).resolve().parent.parent / ".ci" / "check_dist.py"
 
@@ -24,11 +25,7 @@ PACKAGE_FILES = ["sysgenid_async/__init__.py", "sysgenid_async/cli/__init__.py",
 
 @pytest.fixture(scope="module")
 def check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_dist", CHECK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("check_dist", CHECK)
 
 
 def _dist(directory: Path, files: list[str], entry_points: str = ENTRY_POINTS) -> Path:

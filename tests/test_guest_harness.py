@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,16 +10,14 @@ from types import ModuleType
 
 import pytest
 
+from scripts import load_script
+
 HARNESS = Path(__file__).resolve().parent.parent / "kernel" / "vm" / "run_guest.py"
 
 
 @pytest.fixture(scope="module")
 def harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("run_guest", HARNESS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run_guest", HARNESS)
 
 
 @pytest.mark.parametrize(
@@ -302,11 +299,7 @@ def test_entering_a_root_binds_the_project_and_the_report(suites: ModuleType, tm
 
 @pytest.fixture(scope="module")
 def matrix() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("matrix", HARNESS.parent / "matrix.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("matrix", HARNESS.parent / "matrix.py")
 
 
 def _summary(build: Path, name: str, cases: list[str], **fields: object) -> None:
