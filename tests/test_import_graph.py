@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "sysgenid_async"
 #: Layers, bottom up: a module may import its own layer's modules and lower layers' only.
 LAYERS = [
     {"uapi", "_version", "timeouts", "errors", "rawfile", "device"},
-    {"handle", "async_device", "blocking", "watch"},
+    {"handle", "edge_reader", "async_device", "blocking", "changes"},
     {"restore"},
     {"integrations", "testing", "selftest", "demo", "cli", "__main__"},
 ]

@@ -143,7 +143,7 @@ def test_a_change_reaches_every_waiter(backend: Backend) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_second_task_on_one_handle_gets_a_library_error(backend: Backend) -> None:
+async def test_a_second_task_on_one_handle_gets_a_library_error(backend: Backend, anyio_backend_name: str) -> None:
     """One task per loop may wait on a handle: a second gets ConcurrentWaitError (not the
     loop's own BusyResourceError), and the first is unaffected."""
     async with AsyncSysGenID.open(backend.path) as handle:
@@ -162,7 +162,10 @@ async def test_a_second_task_on_one_handle_gets_a_library_error(backend: Backend
                 assert len(handle.device._waiters) == 1, "the refused task left nothing registered"
                 new = await anyio.to_thread.run_sync(backend.bump)
         assert seen == [new]
-        assert not handle.device._waiters and handle.device._in_flight == 0
+        # What stays registered between waits: the loop's persistent reader on asyncio and
+        # uvloop (until the close), nothing on trio.
+        persistent = anyio_backend_name != "trio"
+        assert len(handle.device._waiters) == handle.device._in_flight == int(persistent)
     assert _released(handle.device)
 
 

@@ -1,7 +1,9 @@
 """The async handle: the device on an event loop, through anyio (asyncio, uvloop, trio).
 
-Readiness comes from the loop's reader (``anyio.wait_readable``); the descriptor is
-registered only while a task waits, and a close first notifies the loop
+Readiness comes from the loop's reader. On asyncio and uvloop it is the handle's persistent
+reader for that loop (:mod:`~sysgenid_async.edge_reader`: a private edge-triggered epoll
+instance, registered from the first wait to the close). On trio it is ``anyio.wait_readable``
+on the device's descriptor, registered while a task waits; a close first notifies the loop
 (``anyio.notify_closing``), then closes, so no loop ever watches a stale fd number.
 ``WAIT_WATCHERS`` blocks in the kernel whatever O_NONBLOCK says, so it runs in a worker
 thread in slices of at most 50 ms: a cancel takes effect when the current slice ends.
@@ -11,26 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import math
 import os
 import sys
 import threading
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import AsyncResource
-from anyio.lowlevel import EventLoopToken, checkpoint, current_token
-from typing_extensions import Unpack
 
 from .device import OpenOptions, WaitResult
+from .edge_reader import EdgeReader
 from .errors import DeviceClosedError
 from .handle import Handle
 from .timeouts import Deadline
 
-__all__ = ["AsyncSysGenID", "moved_on", "open_sysgenid"]
+if TYPE_CHECKING:  # anyio.lowlevel, typing_extensions and logging cost more than the rest of the import
+    import asyncio
 
-logger = logging.getLogger(__name__)
+    from anyio.lowlevel import EventLoopToken
+    from typing_extensions import Unpack
+
+__all__ = ["AsyncSysGenID", "moved_on", "open_sysgenid"]
 
 
 class AsyncSysGenID(Handle, AsyncResource):
@@ -57,8 +62,15 @@ class AsyncSysGenID(Handle, AsyncResource):
             generation = device.read_nowait()
             if generation is not None:
                 return generation
+        waiter = self._waiter_for_this_loop()
+        if type(waiter) is EdgeReader:
+            while True:
+                await waiter.wait()
+                generation = device.read_nowait()
+                if generation is not None:  # else a spare edge (one that came while no task waited)
+                    return generation
+        assert type(waiter) is _TaskWaiter
         while True:
-            waiter = self._waiter_for_this_loop()
             fd = device.add_waiter(waiter)
             try:
                 await anyio.wait_readable(fd)
@@ -72,16 +84,36 @@ class AsyncSysGenID(Handle, AsyncResource):
             if generation is not None:
                 return generation
 
-    _last_waiter: _TaskWaiter | None = None
+    _last_waiter: EdgeReader | _TaskWaiter | None = None
 
-    def _waiter_for_this_loop(self) -> _TaskWaiter:
+    def _waiter_for_this_loop(self) -> EdgeReader | _TaskWaiter:
         """The waiter of the running loop: made on its first wait, then reused while the same loop
-        waits (asking anyio for the loop's token costs more than the rest of a wait's bookkeeping)."""
+        waits (asking anyio for the loop's token costs more than the rest of a wait's bookkeeping).
+        On asyncio and uvloop, the handle's persistent reader of that loop (made on the loop's
+        first wait; readers of loops closed since are let go then); on trio, a task waiter."""
+        loop = _running_loop()
         cached = self._last_waiter
-        if cached is not None and cached.loop is _running_loop() and cached.loop is not None:
+        if cached is not None and cached.loop is loop and loop is not None:
             return cached
-        waiter = self._last_waiter = _TaskWaiter(current_token())
+        waiter: EdgeReader | _TaskWaiter
+        if loop is not None and hasattr(loop, "add_reader"):  # asyncio or uvloop
+            waiter = self._edge_reader(loop)  # type: ignore[arg-type]
+        else:
+            from anyio.lowlevel import current_token
+
+            waiter = _TaskWaiter(current_token())
+        self._last_waiter = waiter
         return waiter
+
+    def _edge_reader(self, loop: asyncio.AbstractEventLoop) -> EdgeReader:
+        found = None
+        for other in self.device.waiters():
+            if type(other) is EdgeReader:
+                if other.loop is loop:
+                    found = other
+                elif other.loop.is_closed():
+                    other.drop()
+        return found if found is not None else EdgeReader(self.device, loop)
 
     async def wait_watchers(self, timeout: float | None = None) -> WaitResult:
         """Wait until every watcher has acknowledged the current generation.
@@ -101,6 +133,8 @@ class AsyncSysGenID(Handle, AsyncResource):
     async def aclose(self) -> None:
         """Close (see :meth:`~sysgenid_async.handle.Handle.close`), then yield to the loop once.
         ``async with`` closes the same way (an anyio ``AsyncResource``)."""
+        from anyio.lowlevel import checkpoint
+
         self.close()
         await checkpoint()
 
@@ -128,6 +162,9 @@ class _TaskWaiter:
             # No loop to reach: closed (the task can never resume), or not running here.
             return not _loop_is_gone(self._token)
         return True
+
+    def after_fork_in_child(self) -> None:
+        return None
 
 
 @contextlib.asynccontextmanager
@@ -165,7 +202,9 @@ async def moved_on(handle: AsyncSysGenID, generation: int, timeout: float | None
             if exc.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
             if pause is None:
-                logger.error("%s: no file descriptor to wait for the next generation with (%s); "
+                import logging
+
+                logging.getLogger(__name__).error("%s: no file descriptor to wait for the next generation with (%s); "
                              "looking at the page every second meanwhile", handle.path, exc.strerror)
                 pause = 0.05
             if handle.generation != generation:

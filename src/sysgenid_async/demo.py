@@ -13,9 +13,9 @@ import time
 import anyio
 
 from .async_device import open_sysgenid
+from .changes import watch
 from .device import WaitResult
 from .testing import SimulatedDevice
-from .watch import watch
 
 DEMO_PATH = "/dev/sysgenid (simulated)"
 SERVICES = (("session-tokens", 0.05), ("uuid-allocator", 0.15), ("connection-pool", 0.30))

@@ -22,9 +22,7 @@ import select
 import sys
 import threading
 import weakref
-from typing import Literal, Protocol, TypedDict
-
-from typing_extensions import Self
+from typing import TYPE_CHECKING, Literal, Protocol, TypedDict
 
 from . import uapi
 from .errors import (
@@ -42,6 +40,9 @@ from .errors import (
 from .rawfile import RawFile, open_raw
 from .timeouts import Deadline
 from .uapi import Abi
+
+if TYPE_CHECKING:  # typing_extensions costs a tenth of the package's import
+    from typing_extensions import Self
 
 __all__ = ["AbiChoice", "Device", "WaitResult", "Waiter", "resolve_device_path", "validate_generation"]
 
@@ -78,9 +79,24 @@ class Waiter(Protocol):
         """Called by :meth:`Device.close`, in the closing thread, before ``fd`` is closed.
 
         Returns True when the waiter will leave by itself (and unregister); False when it
-        never can (its event loop has gone): the registry then lets go on its behalf.
+        need not be waited for (its event loop has gone, or it never used ``fd`` itself):
+        the registry then lets go on its behalf.
         """
         ...
+
+    def after_fork_in_child(self) -> None:
+        """In a child after fork, where the waiter's thread or loop does not run: let go of
+        whatever the waiter holds besides the device."""
+        ...
+
+
+def concurrent_wait_error(path: str) -> ConcurrentWaitError:
+    """What a second task of one event loop gets when it waits on a handle already waited on."""
+    return ConcurrentWaitError(
+        f"{path}: another task of this event loop is already waiting on this handle; "
+        "one task per loop may wait on a handle (subscribe to the restore watcher, or open "
+        "a handle per task)"
+    )
 
 
 def resolve_device_path(path: str | os.PathLike[str] | None = None) -> str:
@@ -424,14 +440,15 @@ class Device:
         with self._lock:
             self._check_usable()
             if loop is not None and self._waiters and any(other.loop is loop for other in self._waiters):
-                raise ConcurrentWaitError(
-                    f"{self.path}: another task of this event loop is already waiting on this handle; "
-                    "one task per loop may wait on a handle (subscribe to the restore watcher, or open "
-                    "a handle per task)"
-                )
+                raise concurrent_wait_error(self.path)
             self._in_flight += 1
             self._waiters.append(waiter)
             return self._raw.fileno()
+
+    def waiters(self) -> tuple[Waiter, ...]:
+        """The waiters registered now (a snapshot)."""
+        with self._lock:
+            return tuple(self._waiters)
 
     def remove_waiter(self, waiter: Waiter) -> None:
         """The waiter has left. Idempotent: close() may have let go of it already."""
@@ -505,7 +522,9 @@ class Device:
             return
         self._close_requested = True
         self._fd = -1
-        self._waiters = []  # the parent's threads and loops do not run here
+        waiters, self._waiters = self._waiters, []  # the parent's threads and loops do not run here
+        for waiter in waiters:
+            waiter.after_fork_in_child()
         self._view = _ForkedView(self.path)
         with contextlib.suppress(BufferError, OSError):
             self._finalizer()
@@ -537,6 +556,9 @@ class _ThreadWaiter:
     def wake(self, fd: int) -> bool:
         os.eventfd_write(self._device._thread_wakeup, 1)
         return True
+
+    def after_fork_in_child(self) -> None:
+        return None
 
 
 def _probe_abi(raw: RawFile, path: str) -> Abi:

@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import os
-
-from typing_extensions import Self, Unpack
+from typing import TYPE_CHECKING
 
 from .device import Device, OpenOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
 
 __all__ = ["Handle"]
 

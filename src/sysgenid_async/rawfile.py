@@ -9,7 +9,6 @@ and :func:`open_raw` picks the simulator for paths it was installed at.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import stat
@@ -46,6 +45,8 @@ class RawFile(Protocol):
 
 
 def _load_libc_ioctl() -> Callable[[int, int, int], int]:
+    import ctypes  # on the first ioctl, not at import: ctypes costs more than the rest of the fd layer
+
     # ctypes, not fcntl.ioctl: Python 3.14's fcntl.ioctl retries EINTR (gh-132742), which
     # WAIT_WATCHERS uses as a result, and fcntl.ioctl parses the argument as a C int, which
     # cannot carry a minimum generation of 2**31 or more. ctypes releases the GIL.
@@ -64,7 +65,7 @@ def _load_libc_ioctl() -> Callable[[int, int, int], int]:
     return call
 
 
-_libc_ioctl = _load_libc_ioctl()
+_libc_ioctl: Callable[[int, int, int], int] | None = None
 
 
 class KernelFile:
@@ -93,7 +94,11 @@ class KernelFile:
         return os.write(self._fd, data)
 
     def ioctl(self, request: int, arg: int) -> int:
-        return _libc_ioctl(self._fd, request, arg)
+        global _libc_ioctl
+        call = _libc_ioctl
+        if call is None:
+            call = _libc_ioctl = _load_libc_ioctl()
+        return call(self._fd, request, arg)
 
     def map_page(
         self, length: int = PAGE_SIZE, *, writable: bool = False, shared: bool = True, offset: int = 0

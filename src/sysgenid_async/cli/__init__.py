@@ -19,7 +19,6 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import DeviceNotFoundError, DevicePermissionError, SysGenIDError
-from ..restore.registry import RegistryPermissionError
 from ._options import (
     EXIT_BUSY,
     EXIT_CODES,
@@ -69,6 +68,14 @@ _COMMANDS = {
 }
 
 
+def _registry_permission_error() -> type[Exception]:
+    """Imported only when an error reaches the handler: the device's commands never load the
+    restore layer."""
+    from ..restore.registry import RegistryPermissionError
+
+    return RegistryPermissionError
+
+
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
     module, _, function = _COMMANDS[name].partition(":")
     run: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(f"{__name__}.{module}"), function)
@@ -89,7 +96,7 @@ def cli(*args: str) -> int:
     except DeviceNotFoundError as exc:
         print(f"sysgenid-async: {exc}", file=sys.stderr)
         return EXIT_NO_DEVICE
-    except (DevicePermissionError, RegistryPermissionError) as exc:
+    except (DevicePermissionError, _registry_permission_error()) as exc:
         print(f"sysgenid-async: {exc}", file=sys.stderr)
         return EXIT_PERMISSION
     except SysGenIDError as exc:

@@ -68,8 +68,8 @@ def watch(options: argparse.Namespace) -> int:
 
     async def run() -> int:
         from ..async_device import moved_on
+        from ..changes import watch
         from ..restore.retry import RetryPolicy, retry
-        from ..watch import watch
 
         retries = None if options.max_attempts is None else options.max_attempts - 1
         policy = RetryPolicy(initial_delay=options.retry_delay, max_delay=max(options.retry_delay, 60.0),
