@@ -129,6 +129,61 @@ async def test_a_subscriber_that_stops_is_no_longer_waited_for(backend: Backend)
         assert not outdated(watcher), "like a closed file, a stopped subscriber does not count"
 
 
+async def test_many_subscribers_each_counted_once_per_offer(backend: Backend) -> None:
+    """Subscribers wait on one shared event and the watcher counts what they owe: a hundred
+    loops, one still busy with the last generation when the next is offered (it owes the
+    newer one), one closed from another task while it waits, one that subscribes after the
+    offer (not waited for)."""
+    async with restore_watcher(backend.path, hooks=RestoreHooks()) as watcher:
+        subscriptions = [watcher.subscribe() for _ in range(100)]
+        seen: list[list[int]] = [[] for _ in subscriptions]
+        release = anyio.Event()
+
+        async def consume(index: int) -> None:
+            async for generation in subscriptions[index]:
+                seen[index].append(generation)
+                if index == 0 and len(seen[0]) == 1:
+                    await release.wait()  # still on the first generation when the second comes
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(len(subscriptions)):
+                tasks.start_soon(consume, index)
+            first = backend.bump()
+            await until(lambda: all(len(got) == 1 for got in seen))
+            second = backend.bump()
+            await until(lambda: all(len(got) == 2 for got in seen[1:]))
+            assert outdated(watcher), "the first subscriber still owes the second generation"
+            subscriptions[1].close()  # waiting for an offer: its loop ends
+            late = watcher.subscribe()  # after the offer: not waited for
+            release.set()
+            await until(lambda: len(seen[0]) == 2)
+            await until(lambda: watcher.acknowledged == second)
+            assert seen[0] == seen[2] == [first, second]
+            for subscription in subscriptions:
+                subscription.close()
+            late.close()
+        assert all(len(got) == 2 for got in seen), "every loop ended when its subscription closed"
+
+
+async def test_a_dropped_subscription_is_not_waited_for(backend: Backend) -> None:
+    """A subscription no one holds any more (its loop gave it up without closing it) is freed,
+    and so closed: the watcher does not wait for it."""
+    import gc
+
+    async with restore_watcher(backend.path, hooks=RestoreHooks()) as watcher:
+        dropped = watcher.subscribe()
+        new = backend.bump()
+        with anyio.fail_after(30):
+            async for generation in dropped:
+                assert generation == new
+                break  # handed the generation, and gone before the next iteration: it owes it
+        await anyio.sleep(0.05)
+        assert outdated(watcher), "the subscriber still owes the generation"
+        del dropped
+        gc.collect()
+        await until(lambda: watcher.acknowledged == new)
+
+
 async def test_watcher_states(backend: Backend) -> None:
     watcher = RestoreWatcher(backend.path, hooks=RestoreHooks())
     with pytest.raises(RuntimeError, match="not running"):

@@ -140,10 +140,14 @@ class RestoreGate(GateState):
 
     def record(self, progress: RestoreProgress, hook: RestoreHook, error: HookError | None) -> None:
         """For the holder of the turn: ``hook`` of ``progress`` has ended."""
-        with self._cond:
+        with self._lock:
             progress.record(hook, error)
-            self._settle(progress)
-            self._wake(progress.generation)
+            # What a waiter asks (``require``: every hook through a priority has succeeded; or
+            # has the pass failed; is the generation restored) changes only when a phase ends:
+            # settle and wake then, not per hook.
+            if progress.phase_ended():
+                self._settle(progress)
+                self._wake(progress.generation)
 
     def outcome(self, progress: RestoreProgress, still_current: bool) -> tuple[PassOutcome, list[HookError]]:
         """How the pass over ``progress`` ended; ``still_current``: the device is still at its generation."""
@@ -242,7 +246,8 @@ class RestoreGate(GateState):
 
     def reset(self) -> None:
         """Forget the progress, the turn, the watcher and the baseline (tests, and a child after fork)."""
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # another thread of the parent may have held it
+        self._cond = threading.Condition(self._lock)
         self.restored_generation = None
         self._progress = None
         self._turn = None

@@ -30,7 +30,7 @@ logger = logging.getLogger("sysgenid_async.restore.hooks")  # one logger for eve
 HookFunction = Callable[[int], object]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per hook, possibly thousands: no per-instance dict
 class RestoreHook:
     """A registered hook."""
 
@@ -38,13 +38,16 @@ class RestoreHook:
     priority: int
     timeout: float | None
     sequence: int
-    _target: Callable[[], HookFunction | None] = field(repr=False)
+    #: The function itself, or a weak reference to it (``weak``).
+    _target: HookFunction | Callable[[], HookFunction | None] = field(repr=False)
     is_async: bool = field(repr=False, default=False)
+    weak: bool = field(repr=False, default=False)
 
     @property
     def function(self) -> HookFunction | None:
         """The callable, or None once a weakly held one has been collected."""
-        return self._target()
+        target = self._target
+        return target() if self.weak else target  # type: ignore[call-arg,return-value]
 
     # Threads of this hook still running after a timeout: no second copy is started meanwhile.
     _abandoned: int = field(repr=False, default=0)

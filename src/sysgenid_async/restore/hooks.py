@@ -95,18 +95,16 @@ class RestoreHooks:
 
         check_callable_as(function, (0,), "a restore hook is called as hook(generation)")
 
-        target: Callable[[], HookFunction | None]
+        target: HookFunction | Callable[[], HookFunction | None] = function
         if weak:
-            reference = weakref.WeakMethod(function) if inspect.ismethod(function) else weakref.ref(function)
-            target = reference
-        else:
-            target = lambda: function  # noqa: E731 - a strong reference with the weakref's interface
+            target = weakref.WeakMethod(function) if inspect.ismethod(function) else weakref.ref(function)
         return RestoreHook(
             name=name or callable_name(function),
             priority=phase.value if priority is None else priority,
             timeout=seconds,
             sequence=next(self._sequence),
             _target=target,
+            weak=weak,
             is_async=inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
                 getattr(function, "__call__", None)  # noqa: B004 - async callable objects
             ),

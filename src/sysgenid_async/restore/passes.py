@@ -59,6 +59,12 @@ class RestoreProgress:
         """Whether every hook with a priority up to ``priority`` has succeeded."""
         return self.succeeded or self.hooks[self.succeeded_count].priority > priority
 
+    def phase_ended(self) -> bool:
+        """Whether the hook just recorded was the last of its phase (or of the pass)."""
+        index = self.index
+        hooks = self.hooks
+        return index >= len(hooks) or hooks[index].priority != hooks[index - 1].priority
+
     def next_hook(self) -> RestoreHook | None:
         """The hook the current pass runs next; None once the pass is over."""
         if self.index >= len(self.hooks):

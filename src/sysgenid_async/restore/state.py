@@ -53,7 +53,10 @@ class GateState:
 
     def __init__(self, hooks: HookSource) -> None:
         self._hooks = weakref.ref(hooks)
-        self._cond = threading.Condition()
+        # The condition's lock, held directly where no one waits (the per-hook record):
+        # entering it through the condition costs a Python call more on each side.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         #: The generation whose restore hooks have all succeeded (None until the gate is first used).
         self.restored_generation: int | None = None
         self._progress: RestoreProgress | None = None

@@ -31,7 +31,7 @@ import logging
 import os
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypedDict, TypeVar
 
 import anyio
 from anyio.abc import AsyncResource
@@ -40,7 +40,7 @@ from typing_extensions import Unpack
 if TYPE_CHECKING:
     import anyio.abc
 
-from ..async_device import AsyncSysGenID, moved_on
+from ..async_device import AsyncSysGenID, moved_on, running_loop
 from ..device import AbiChoice
 from ..timeouts import Deadline
 from .hooks import RestoreHooks, restore_hooks
@@ -66,40 +66,36 @@ class Subscription(AsyncResource):
     this subscriber is not waited for. Generations that pile up coalesce to the latest.
     """
 
-    # One per subscriber, possibly thousands: no per-instance dict.
-    __slots__ = ("__weakref__", "_closed", "_delivered", "_handled", "_wakeup", "_watcher")
+    # One per subscriber, possibly thousands: no per-instance dict, no event of its own (they
+    # all wait on the watcher's one event of offers).
+    __slots__ = ("__weakref__", "_closed", "_delivered", "_owed", "_watcher")
 
     def __init__(self, watcher: RestoreWatcher) -> None:
         self._watcher = watcher
         self._delivered: int | None = None
-        self._handled: int | None = None
+        #: The watcher waits for this subscriber to handle the generation it offered last.
+        self._owed = False
         self._closed = False
-        self._wakeup = anyio.Event()
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> int:
-        if self._delivered is not None:
-            self._handled = self._delivered
-            self._watcher._subscriber_progress()
+        watcher = self._watcher
+        if self._owed and self._delivered == watcher._offered:
+            watcher._paid(self)  # the body ran for the offered generation
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            current = self._watcher._offered
+            current = watcher._offered
             if current is not None and current != self._delivered:
                 self._delivered = current
                 return current
-            self._wakeup = anyio.Event()
-            await self._wakeup.wait()
-
-    def _offer(self) -> None:
-        self._wakeup.set()
+            await watcher._offers.wait()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._wakeup.set()
             self._watcher._unsubscribe(self)
 
     async def aclose(self) -> None:
@@ -152,8 +148,15 @@ class RestoreWatcher:
         self._opened: AsyncSysGenID | None = None  # opened ahead by restore_watcher()
         self._attached = False
         # Weak: a subscription dropped by its loop (break, error) must be freed, and so closed.
-        self._subscribers: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        # A plain weak reference per subscriber, by id (a WeakSet's references carry a callback
+        # each, which costs a third of a subscriber's memory); dead ones are dropped at offers.
+        self._subscribers: dict[int, weakref.ref[Subscription]] = {}
+        # The subscribers' side, all on the watcher's loop: the generation offered last, the
+        # event they wait on for the next offer (set and replaced by each offer and by a
+        # close), how many of those offered to still owe it, and the event set when none does.
         self._offered: int | None = None
+        self._offers: _Event = anyio.Event()
+        self._owed = 0
         self._progress = anyio.Event()
         self._interrupt: anyio.CancelScope | None = None  # the runner's current wait, which a request ends
         #: The last generation acknowledged to the kernel.
@@ -175,15 +178,37 @@ class RestoreWatcher:
     def subscribe(self) -> Subscription:
         """A new consumer of generation changes; the watcher acks only once it handled them."""
         subscription = Subscription(self)
-        self._subscribers.add(subscription)
+        self._subscribers[id(subscription)] = weakref.ref(subscription)
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:
-        self._subscribers.discard(subscription)
-        self._subscriber_progress()
+        """A subscription has closed: it is no longer waited for, and its task (which may be
+        waiting for an offer) wakes and ends."""
+        self._subscribers.pop(id(subscription), None)
+        if subscription._owed:
+            self._paid(subscription)
+        self._wake_subscribers()
 
-    def _subscriber_progress(self) -> None:
-        self._progress.set()
+    def _paid(self, subscription: Subscription) -> None:
+        subscription._owed = False
+        self._owed -= 1
+        if self._owed == 0:
+            self._progress.set()
+
+    def _live_subscribers(self) -> list[Subscription]:
+        """The subscriptions still referenced (the references of collected ones are dropped)."""
+        live = []
+        for key, reference in list(self._subscribers.items()):
+            subscription = reference()
+            if subscription is None:
+                del self._subscribers[key]
+            else:
+                live.append(subscription)
+        return live
+
+    def _wake_subscribers(self) -> None:
+        offers, self._offers = self._offers, _new_event()
+        offers.set()
 
     def _start_lifecycle(self, handle: AsyncSysGenID) -> ProcessLifecycle:
         """The registry is checked here, before any task starts: a bad directory raises plainly."""
@@ -236,7 +261,7 @@ class RestoreWatcher:
                 self._detach()
                 self._handle = None
                 self.lifecycle = None
-                for subscription in list(self._subscribers):
+                for subscription in self._live_subscribers():
                     subscription.close()
 
     async def _watch(self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle) -> None:
@@ -254,9 +279,9 @@ class RestoreWatcher:
         outcome = await self._restore_pass(handle, generation)
         if outcome is PassOutcome.SUPERSEDED:
             return  # a newer generation arrived: start over with it
-        waiting = self._offer(generation)  # after the first pass, whatever it gave
+        self._offer(generation)  # after the first pass, whatever it gave
         hooks_ok = outcome is PassOutcome.SUCCEEDED or await self._retry(handle, lifecycle, generation)
-        if hooks_ok and await self._subscribers_done(handle, lifecycle, generation, waiting):
+        if hooks_ok and await self._subscribers_done(handle, lifecycle, generation):
             if handle.generation == generation:
                 lifecycle.will_acknowledge(generation)
             if handle.ack_unless_moved_on(generation):  # else a newer one came: handled next
@@ -315,37 +340,51 @@ class RestoreWatcher:
         if self._interrupt is not None:
             self._interrupt.cancel()
 
-    def _offer(self, generation: int) -> list[weakref.ref[Subscription]]:
-        """Offer ``generation`` to every subscriber; the ones to wait for, held weakly."""
+    def _offer(self, generation: int) -> None:
+        """Offer ``generation`` to every subscriber; each one open now owes it (a subscriber that
+        stops, by break, error or close, no longer does, as a closed file no longer counts for
+        the kernel)."""
         self._offered = generation
-        waiting = [weakref.ref(s) for s in self._subscribers]
-        for reference in waiting:
-            subscription = reference()
-            if subscription is not None:
-                subscription._offer()
-            del subscription
-        return waiting
+        self._progress = anyio.Event()
+        owed = 0
+        for subscription in self._live_subscribers():
+            if not subscription._closed:
+                subscription._owed = True
+                owed += 1
+        self._owed = owed
+        if owed == 0:
+            self._progress.set()
+        self._wake_subscribers()
 
-    async def _subscribers_done(
-        self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle, generation: int,
-        waiting: list[weakref.ref[Subscription]],
-    ) -> bool:
-        """True once every subscriber that stays has handled ``generation``."""
+    async def _subscribers_done(self, handle: AsyncSysGenID, lifecycle: ProcessLifecycle, generation: int) -> bool:
+        """True once every subscriber offered ``generation`` has handled it or stopped."""
         while True:
-            self._progress = progress = anyio.Event()
-            # A subscriber that stopped (break, error, close) no longer counts, as a closed
-            # file no longer counts for the kernel.
-            pending = [
-                s for s in (reference() for reference in waiting)
-                if s is not None and not s._closed and s._handled != generation
-            ]
-            if not pending:
+            progress = self._progress
+            if progress.is_set():
                 return True
-            del pending  # hold no subscriber while waiting: dropping one must free it
             if handle.generation != generation:
                 return False
             # A newer generation ends the wait: its hooks must not wait for a slow loop body.
             await self._serving_requests(lifecycle, _progress_or_moved_on(handle, generation, progress))
+
+
+class _Event(Protocol):
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> object: ...
+
+
+def _new_event() -> _Event:
+    """An event of the running loop: asyncio's own on asyncio (anyio's wraps it, which costs every
+    waiting subscriber a coroutine frame more, 192 bytes, and a call per wake-up), else anyio's."""
+    loop = running_loop()
+    if loop is not None and hasattr(loop, "add_reader"):
+        import asyncio
+
+        return asyncio.Event()
+    return anyio.Event()
 
 
 def _progress_or_moved_on(
