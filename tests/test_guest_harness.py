@@ -359,3 +359,36 @@ def test_the_table_goes_between_the_markers(matrix: ModuleType, tmp_path: Path) 
 
 def test_no_reports_is_an_error_not_an_empty_table(matrix: ModuleType, tmp_path: Path) -> None:
     assert matrix.main(["--build", str(tmp_path)]) == 1
+
+
+# -- the clone test's restore-to-ready figures (kernel/vm/clones.py) ------------------------
+
+
+@pytest.fixture(scope="module")
+def clones(harness: ModuleType) -> ModuleType:
+    return load_script("clones", HARNESS.with_name("clones.py"))
+
+
+def test_restore_to_ready_places_cont_on_the_guests_clock(clones: ModuleType) -> None:
+    """The guest's clock is host - 100 s; the lines took 1 ms at best to arrive; cont came at
+    host 1000.000: the figures are guest stamps less cont on the guest's clock, late by that
+    1 ms. Lines from before cont (the snapshot's) are left out."""
+    guest = lambda host_seconds: int((host_seconds - 100) * 1e9)  # noqa: E731
+    clone = type("Clone", (), {"name": "clone-1", "clock_lines": [
+        (999.5, f"CLOCK {guest(999.0)}"),  # before cont: ignored (its delay would be 500 ms anyway)
+        (1000.011, f"C-ACK 1 {guest(1000.009)}"),
+        (1000.020, f"LIB-ACK 1 {guest(1000.012)}"),
+        *[(1001.0 + i * 0.002 + 0.001 + (i % 3) * 0.001, f"CLOCK {guest(1001.0 + i * 0.002)}") for i in range(20)],
+    ]})()
+    figures = clones.restore_to_ready(clone, 1000.0, 1, {"monotonic_ns": guest(1006.5)})
+    assert figures == {"c_watcher_ack_ms": 10.0, "library_ack_ms": 13.0, "ready_ms": 6501.0,
+                       "library_over_floor": 1.3}
+
+
+def test_restore_to_ready_names_a_missing_ack(clones: ModuleType) -> None:
+    clone = type("Clone", (), {"name": "clone-1", "clock_lines": [
+        (1000.011, "C-ACK 1 900009000000"),
+        *[(1001.0 + i * 0.002, f"CLOCK {int((901.0 + i * 0.002) * 1e9)}") for i in range(20)],
+    ]})()
+    with pytest.raises(RuntimeError, match="no LIB-ACK line for generation 1"):
+        clones.restore_to_ready(clone, 1000.0, 1, {"monotonic_ns": 0})

@@ -25,6 +25,10 @@ It runs, side by side:
   too, each for a second at most: the stale pass a clone resumes must not finish after the
   newer one.
 
+Beside it, for restore to ready's figures: ``clone_watcher`` (C, point (a)) and this file
+with ``--ack-timer`` (point (b)), both started by the init at a higher priority than the
+service, so that the two are compared with each other rather than with the service's load.
+
 Serial protocol, one line each: ``READY``, then ``ALIVE <generation>`` every half second,
 for every generation change one ``REPORT <json>`` once everything has caught up,
 ``PREPARED <json>`` / ``RESUMED <json>`` after a command, ``SLOW-PASS <generation> <seed>`` when
@@ -97,6 +101,29 @@ async def worker(name: str) -> None:
     async with restore_watcher(hooks=hooks, service=name, retry=retry):
         say("ready")
         await anyio.to_thread.run_sync(sys.stdin.read)
+
+
+async def ack_timer() -> None:
+    """Restore to ready's point (b): the library's restore watcher with one no-op hook, alone in
+    its process (kept out of the registry, so the readiness checks count the same watchers).
+    Prints ``LIB-ACK <generation> <CLOCK_MONOTONIC ns>`` at each acknowledgement, stamped when
+    the watcher logs it (the library logs each at DEBUG)."""
+    import logging
+
+    class Stamp(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            if record.msg == "generation %d acknowledged":
+                say(f"LIB-ACK {record.args[0]} {stamp}")  # type: ignore[index]
+
+    watcher_log = logging.getLogger("sysgenid_async.restore.watcher")
+    watcher_log.addHandler(Stamp())
+    watcher_log.setLevel(logging.DEBUG)
+    hooks = RestoreHooks()
+    hooks.register(lambda generation: None, name="no-op")
+    async with restore_watcher(hooks=hooks, service="ack-timer", announce=False):
+        await anyio.Path("/tmp/ack-timer.ready").touch()  # the init waits for it before the service
+        await anyio.sleep_forever()
 
 
 def start_workers() -> list[subprocess.Popen[str]]:
@@ -305,6 +332,8 @@ async def service() -> None:
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
         anyio.run(worker, sys.argv[2])
+    elif sys.argv[1:2] == ["--ack-timer"]:
+        anyio.run(ack_timer)
     else:
         anyio.run(service)
 

@@ -55,7 +55,7 @@ import suites
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent
-PACKAGES = ["qemu-system-x86", "busybox-static", "cpio", "kmod",
+PACKAGES = ["qemu-system-x86", "busybox-static", "cpio", "kmod", "gcc", "libc6-dev",
             "python3.11"]  # Debian's interpreter and standard library, for the guest's root
 HOST_KERNEL_PACKAGES = ["linux-image-amd64", "linux-headers-amd64"]  # the host's generic kernel
 PYTHON = Path("/usr/bin/python3.11")  # Debian's: libpython linked in, few shared libraries
@@ -74,6 +74,11 @@ VIRTIO_SERIAL_MODULES = ["virtio_pci", "virtio_console"]
 # The library's dependencies and theirs, as far as Python 3.11 needs them (older anyio
 # releases also need sniffio); whichever of these the environment has is copied.
 SITE_PACKAGES = ["anyio", "sniffio", "idna", "typing_extensions.py"]
+
+
+#: Serial lines whose last field is the guest's CLOCK_MONOTONIC in ns: the C watcher's ack and
+#: its clock burst (clone_watcher.c), the library watcher's ack (clone_service.py --ack-timer).
+CLOCK_LINE = re.compile(r"^(C-ACK \d+|LIB-ACK \d+|CLOCK) \d+$")
 
 
 def log(message: str) -> None:
@@ -179,6 +184,8 @@ def build_image(kernel: suites.Kernel, module: Path, work: Path) -> Path:
     shutil.copytree(PROJECT / "src" / "sysgenid_async", root / "site" / "sysgenid_async")
     shutil.copy(module, root / "sysgenid.ko")
     shutil.copy(HERE / "clone_service.py", root / "clone_service.py")
+    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", str(root / "clone_watcher"),
+                    str(HERE / "clone_watcher.c")], check=True)
     shutil.copy(HERE / "clone-init", root / "init")
     os.chmod(root / "init", 0o755)
     # compile ahead: under TCG, compiling the imports at start-up would take seconds
@@ -266,6 +273,8 @@ class Vm:
                  incoming: Path | None = None, append: str = "") -> None:
         self.name = name
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        #: The lines that carry the guest's CLOCK_MONOTONIC (restore to ready), as they came.
+        self.clock_lines: list[tuple[float, str]] = []
         self.log = (work / f"{name}.serial").open("w")
         qmp = work / f"{name}.qmp"
         qmp.unlink(missing_ok=True)
@@ -300,7 +309,10 @@ class Vm:
             line = raw.decode(errors="replace").rstrip("\r\n")
             self.log.write(line + "\n")
             self.log.flush()
-            self.lines.put((time.monotonic(), line))
+            stamp = time.monotonic()
+            if CLOCK_LINE.match(line):
+                self.clock_lines.append((stamp, line))
+            self.lines.put((stamp, line))
 
     def wait_for(self, pattern: str, timeout: float) -> tuple[float, str]:
         deadline = time.monotonic() + timeout
@@ -404,11 +416,43 @@ def restore(name: str, kernel: suites.Kernel, image: Path, work: Path, snapshot:
         ready_stamp, ready = clone.wait_ready(result["generation"], 60)
         result["ready_record"] = ready
         result["cont_to_ready_ms"] = round((ready_stamp - started) * 1000, 1)
+        result["restore_to_ready"] = restore_to_ready(clone, started, result["generation"], ready)
         if snapshot_after is not None:
             clone.snapshot(snapshot_after)
         if then is not None:
             result["then"] = clone.command(then, "PREPARED" if then.startswith("prepare") else "RESUMED", 120)
         return result
+
+
+def restore_to_ready(clone: Vm, cont: float, generation: int, ready: dict[str, Any]) -> dict[str, Any]:
+    """From ``cont`` (the host's clock) to (a) the C watcher's ack, (b) the library restore
+    watcher's ack, (c) the readiness line, each stamped by the guest's CLOCK_MONOTONIC.
+
+    The guest's clock stands still while the VM is stopped, so ``cont`` is placed on it from
+    the host: the smallest (host arrival - guest stamp) over the clone's stamped lines is the
+    offset between the clocks plus the shortest delivery delay, so every figure is late by
+    that delay at most, the same for the three."""
+    deadline = time.monotonic() + 30
+    while sum(line.startswith("CLOCK") for stamp, line in clone.clock_lines if stamp > cont) < 20:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{clone.name}: the C watcher's clock lines did not come")
+        time.sleep(0.1)
+    lines = [(stamp, line) for stamp, line in clone.clock_lines if stamp > cont]
+    offset = min(stamp - int(line.rsplit(" ", 1)[1]) / 1e9 for stamp, line in lines)
+    cont_on_guest = cont - offset
+
+    def since_cont(ns: int) -> float:
+        return round((ns / 1e9 - cont_on_guest) * 1000, 2)
+
+    def ack(kind: str) -> float:
+        stamps = [int(line.split()[2]) for _, line in lines if line.startswith(f"{kind} {generation} ")]
+        if not stamps:
+            raise RuntimeError(f"{clone.name}: no {kind} line for generation {generation}")
+        return since_cont(stamps[0])
+
+    floor, library = ack("C-ACK"), ack("LIB-ACK")
+    return {"c_watcher_ack_ms": floor, "library_ack_ms": library, "ready_ms": since_cont(ready["monotonic_ns"]),
+            "library_over_floor": round(library / floor, 2)}
 
 
 def boot_and_snapshot(name: str, kernel: suites.Kernel, image: Path, work: Path, append: str = "", *,
@@ -591,12 +635,22 @@ def main() -> int:
     for run in (grandchild, *controls):
         check_restore(run, check, v4=True)
 
+    timed = [run for run in [*clones, grandchild, *controls, v8] if "restore_to_ready" in run]
+    for run in timed:
+        figures = run["restore_to_ready"]
+        check(figures["c_watcher_ack_ms"] > 0 and 0 < figures["library_ack_ms"] < figures["ready_ms"],
+              f"{run['name']}: restore to ready figures out of order: {figures}")
+    restore_to_ready_summary = {
+        key: sorted(run["restore_to_ready"][key] for run in timed)
+        for key in ("c_watcher_ack_ms", "library_ack_ms", "ready_ms", "library_over_floor")
+    }
     latencies = sorted(c["cont_to_report_ms"] for c in [*clones, grandchild, *controls, v8])
     ready_latencies = sorted(c["cont_to_ready_ms"] for c in [*clones, grandchild, *controls, v8])
     results = {"kernel": kernel.release, "lifecycle": lifecycle, "clones": clones, "clone_of_clone": grandchild,
                "same_guid": same, "noreseed": controls, "v8": v8, "one_pass_at_a_time": passes,
                "cont_to_report_ms": latencies,
-               "cont_to_ready_ms": ready_latencies, "failures": failures,
+               "cont_to_ready_ms": ready_latencies, "restore_to_ready": restore_to_ready_summary,
+               "failures": failures,
                "seconds": round(time.monotonic() - started, 1)}
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for leftover in work.glob("*.snapshot"):  # about 200 MiB each
@@ -623,6 +677,16 @@ def main() -> int:
           "(host clock, TCG)")
     print(f"restore -> ready, read by the host on the virtio-serial port: min {ready_latencies[0]} ms, "
           f"max {ready_latencies[-1]} ms (includes the slow worker's {SLOW_WORKER_RETRY_S} s retry)")
+    print("\nrestore to ready, from cont, on the guest's CLOCK_MONOTONIC (TCG): (a) the C watcher's ack, "
+          "(b) the library's restore watcher's ack (a no-op hook), (c) the readiness line")
+    print(f"{'run':<12} {'(a) C ack':>11} {'(b) library':>12} {'(b)/(a)':>8} {'(c) ready':>11}")
+    for run in timed:
+        figures = run["restore_to_ready"]
+        print(f"{run['name']:<12} {figures['c_watcher_ack_ms']:>8.2f} ms {figures['library_ack_ms']:>9.2f} ms "
+              f"{figures['library_over_floor']:>8.2f} {figures['ready_ms']:>8.1f} ms")
+    ratios = restore_to_ready_summary["library_over_floor"]
+    print(f"(b)/(a): median {ratios[len(ratios) // 2]:.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f} "
+          f"(target <= 1.5; (c) includes the slow worker's {SLOW_WORKER_RETRY_S} s retry)")
     log(f"{'FAILED: ' + '; '.join(failures) if failures else 'clones diverged as they must'} "
         f"({results['seconds']} s); results in {work / 'results.json'}")
     return 1 if failures else 0

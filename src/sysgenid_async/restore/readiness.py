@@ -75,6 +75,9 @@ class Readiness:
             "watchers": len(self.watchers),
             "late": [e.summary() for e in self.late],
             "time": time.time(),
+            # The machine's CLOCK_MONOTONIC: a host compares it with the guest's other stamps
+            # (it does not jump when a clone's wall clock is set).
+            "monotonic_ns": time.clock_gettime_ns(time.CLOCK_MONOTONIC),
         }
 
 

@@ -286,6 +286,7 @@ class RestoreWatcher:
                 lifecycle.will_acknowledge(generation)
             if handle.ack_unless_moved_on(generation):  # else a newer one came: handled next
                 self.acknowledged = generation
+                logger.debug("generation %d acknowledged", generation)
                 lifecycle.acknowledged_to_kernel(generation)
             return
         # Stay outdated until the next generation, so an orchestrator sees the failure.
