@@ -26,8 +26,7 @@ It runs, side by side:
   newer one.
 
 Beside it, for restore to ready's figures: ``clone_watcher`` (C, point (a)) and this file
-with ``--ack-timer`` (point (b)), both started by the init at a higher priority than the
-service, so that the two are compared with each other rather than with the service's load.
+with ``--ack-timer`` (point (b)), both at nice -10, above the service, so that the two are compared with each other rather than with the service's load.
 
 Serial protocol, one line each: ``READY``, then ``ALIVE <generation>`` every half second,
 for every generation change one ``REPORT <json>`` once everything has caught up,
@@ -109,6 +108,8 @@ async def ack_timer() -> None:
     Prints ``LIB-ACK <generation> <CLOCK_MONOTONIC ns>`` at each acknowledgement, stamped when
     the watcher logs it (the library logs each at DEBUG)."""
     import logging
+
+    os.nice(-10)  # as the C watcher of point (a): above the service, which wakes at the same time
 
     class Stamp(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
