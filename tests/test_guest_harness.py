@@ -378,16 +378,18 @@ def test_restore_to_ready_places_cont_on_the_guests_clock(clones: ModuleType) ->
         (999.5, f"CLOCK {guest(999.0)}"),  # before cont: ignored (its delay would be 500 ms anyway)
         (1000.011, f"C-ACK 1 {guest(1000.009)}"),
         (1000.020, f"LIB-ACK 1 {guest(1000.012)}"),
+        (1000.030, f"PY-ACK 1 {guest(1000.011)}"),
         *[(1001.0 + i * 0.002 + 0.001 + (i % 3) * 0.001, f"CLOCK {guest(1001.0 + i * 0.002)}") for i in range(20)],
     ]})()
     figures = clones.restore_to_ready(clone, 1000.0, 1, {"monotonic_ns": guest(1006.5)})
-    assert figures == {"c_watcher_ack_ms": 10.0, "library_ack_ms": 13.0, "ready_ms": 6501.0,
-                       "library_over_floor": 1.3}
+    assert figures == {"c_watcher_ack_ms": 10.0, "python_callback_ack_ms": 12.0, "library_ack_ms": 13.0,
+                       "ready_ms": 6501.0, "library_over_floor": 1.3, "library_over_python": 1.08}
 
 
 def test_restore_to_ready_names_a_missing_ack(clones: ModuleType) -> None:
     clone = type("Clone", (), {"name": "clone-1", "clock_lines": [
         (1000.011, "C-ACK 1 900009000000"),
+        (1000.012, "PY-ACK 1 900010000000"),
         *[(1001.0 + i * 0.002, f"CLOCK {int((901.0 + i * 0.002) * 1e9)}") for i in range(20)],
     ]})()
     with pytest.raises(RuntimeError, match="no LIB-ACK line for generation 1"):

@@ -25,8 +25,10 @@ It runs, side by side:
   too, each for a second at most: the stale pass a clone resumes must not finish after the
   newer one.
 
-Beside it, for restore to ready's figures: ``clone_watcher`` (C, point (a)) and this file
-with ``--ack-timer`` (point (b)), both at nice -10, above the service, so that the two are compared with each other rather than with the service's load.
+Beside it, for restore to ready's figures: ``clone_watcher`` (C, point (a)), this file with
+``--ack-timer`` (point (b)) and with ``--bare-timer`` (a bare asyncio callback, the Python
+floor), all at nice -10, above the service, so that they are compared with each other rather
+than with the service's load.
 
 Serial protocol, one line each: ``READY``, then ``ALIVE <generation>`` every half second,
 for every generation change one ``REPORT <json>`` once everything has caught up,
@@ -125,6 +127,32 @@ async def ack_timer() -> None:
     async with restore_watcher(hooks=hooks, service="ack-timer", announce=False):
         await anyio.Path("/tmp/ack-timer.ready").touch()  # the init waits for it before the service
         await anyio.sleep_forever()
+
+
+def bare_timer() -> None:
+    """Restore to ready's Python floor, beside (a) and (b): a bare asyncio reader callback on the
+    device, no library (it reads, acknowledges, and prints ``PY-ACK <generation> <ns>``). What it
+    costs over the C watcher is the interpreter's, in a clone whose emulator has not run it yet."""
+    import asyncio
+
+    os.nice(-10)
+    fd = os.open("/dev/sysgenid", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    loop = asyncio.new_event_loop()
+
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 4)
+        except BlockingIOError:
+            return
+        with contextlib.suppress(OSError):  # a newer generation came meanwhile: read next
+            os.write(fd, data)
+        stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        say(f"PY-ACK {int.from_bytes(data, sys.byteorder)} {stamp}")
+
+    loop.add_reader(fd, on_readable)
+    with open("/tmp/bare-timer.ready", "w"):
+        pass
+    loop.run_forever()
 
 
 def start_workers() -> list[subprocess.Popen[str]]:
@@ -335,6 +363,8 @@ def main() -> None:
         anyio.run(worker, sys.argv[2])
     elif sys.argv[1:2] == ["--ack-timer"]:
         anyio.run(ack_timer)
+    elif sys.argv[1:2] == ["--bare-timer"]:
+        bare_timer()
     else:
         anyio.run(service)
 
