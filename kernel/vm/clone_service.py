@@ -32,7 +32,8 @@ than with the service's load.
 
 Serial protocol, one line each: ``READY``, then ``ALIVE <generation>`` every half second,
 for every generation change one ``REPORT <json>`` once everything has caught up,
-``PREPARED <json>`` / ``RESUMED <json>`` after a command, ``SLOW-PASS <generation> <seed>`` when
+``PREPARED <json>`` / ``RESUMED <json>`` after a command, ``TRIGGERED-TIMED <generation> <ns>``
+after ``trigger-timed`` (a change from inside, stamped just before it), ``SLOW-PASS <generation> <seed>`` when
 the slow pass has drawn its seed, and ``TRIGGERED <json>``.
 """
 
@@ -75,7 +76,8 @@ def secret() -> str:
 
 
 def say(line: str) -> None:
-    print(line, flush=True)
+    """One line on the serial console, in one write: several processes share the console."""
+    os.write(1, (line + "\n").encode())
 
 
 # The slow worker's retry delay: kernel/vm/clones.py reports restore -> ready including it.
@@ -199,6 +201,12 @@ def command_loop(counts: dict[str, int], pool: Pool, flags: dict[str, bool]) -> 
                 done = subprocess.run([sys.executable, "-m", "sysgenid_async", "trigger", "--json"],
                                       capture_output=True, text=True, check=False)
                 say("TRIGGERED " + json.dumps({"rc": done.returncode, "stderr": done.stderr[-500:]}))
+                continue
+            if command == "trigger-timed":  # a change in a clone whose emulator has run the code once
+                with BlockingSysGenID.open("/dev/sysgenid", watcher=False) as device:
+                    stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                    generation = device.trigger()
+                say(f"TRIGGERED-TIMED {generation} {stamp}")
                 continue
             if command == "prepare-failing":
                 flags["fail_next_flush"] = True
