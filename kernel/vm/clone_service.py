@@ -109,21 +109,20 @@ async def worker(name: str) -> None:
 async def ack_timer() -> None:
     """Restore to ready's point (b): the library's restore watcher with one no-op hook, alone in
     its process (kept out of the registry, so the readiness checks count the same watchers).
-    Prints ``LIB-ACK <generation> <CLOCK_MONOTONIC ns>`` at each acknowledgement, stamped when
-    the watcher logs it (the library logs each at DEBUG)."""
-    import logging
+    Prints ``LIB-ACK <generation> <CLOCK_MONOTONIC ns>`` at each acknowledgement, stamped as the
+    handle's acknowledging call returns (the call is wrapped here, for the measurement only)."""
+    from sysgenid_async.handle import Handle
 
     os.nice(-10)  # as the C watcher of point (a): above the service, which wakes at the same time
+    acknowledge = Handle.ack_unless_moved_on
 
-    class Stamp(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-            if record.msg == "generation %d acknowledged":
-                say(f"LIB-ACK {record.args[0]} {stamp}")  # type: ignore[index]
+    def stamped(handle: Handle, generation: int) -> bool:
+        acknowledged = acknowledge(handle, generation)
+        if acknowledged:
+            say(f"LIB-ACK {generation} {time.clock_gettime_ns(time.CLOCK_MONOTONIC)}")
+        return acknowledged
 
-    watcher_log = logging.getLogger("sysgenid_async.restore.watcher")
-    watcher_log.addHandler(Stamp())
-    watcher_log.setLevel(logging.DEBUG)
+    Handle.ack_unless_moved_on = stamped  # type: ignore[method-assign]
     hooks = RestoreHooks()
     hooks.register(lambda generation: None, name="no-op")
     async with restore_watcher(hooks=hooks, service="ack-timer", announce=False):
