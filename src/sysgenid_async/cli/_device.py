@@ -1,28 +1,21 @@
-"""Commands on the device itself: ``status``, ``watch``, ``trigger``, ``wait-watchers``, ``selftest``, ``demo``."""
+"""Commands on the device itself: ``status``, ``watch``, ``trigger``, ``wait-watchers``, ``selftest``, ``demo``.
+
+Each command imports what only it needs when it runs: ``status`` and ``trigger`` load the fd
+layer alone (no anyio, no restore layer), which keeps the command line's start-up short.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import anyio
-
-from ..async_device import AsyncSysGenID
-from ..blocking import BlockingSysGenID
 from ..device import Device, WaitResult
 from ..errors import SysGenIDError
-from ..restore.orchestrator import likely_cause_of_timeout
-from ..selftest import format_table, run_selftest
-from ..timeouts import Deadline
 from ..uapi import Abi
-from ._lifecycle import entry_record, registered, watcher_table
 from ._options import (
     EXIT_EXEC_FAILED,
     EXIT_OK,
@@ -32,9 +25,14 @@ from ._options import (
     emit,
 )
 
+if TYPE_CHECKING:
+    from ..async_device import AsyncSysGenID
+
 
 def _run_command(command: list[str], env: dict[str, str], timeout: float | None = None) -> int | str:
     """The command's exit status, or ``"timed out after S s"`` (it is killed then)."""
+    import subprocess
+
     try:
         return subprocess.run(command, env=env, check=False, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
@@ -49,6 +47,8 @@ def status(options: argparse.Namespace) -> int:
     text = f"device {record['device']}\nabi {record['abi']}\ngeneration {record['generation']}"
     text += f"\noutdated watchers {outdated}" if outdated is not None else "\noutdated watchers (not counted by v8)"
     if options.watchers:
+        from ._lifecycle import entry_record, registered, watcher_table
+
         entries, stale = registered(options)
         generation = int(str(record["generation"]))
         record["watchers"] = [entry_record(e, generation) for e in entries]
@@ -65,6 +65,10 @@ def status(options: argparse.Namespace) -> int:
 
 def watch(options: argparse.Namespace) -> int:
     command: list[str] | None = options.exec_command  # split by the parser
+
+    import shlex
+
+    import anyio
 
     async def run() -> int:
         from ..async_device import moved_on
@@ -133,6 +137,10 @@ def trigger(options: argparse.Namespace) -> int:
 
 
 def wait_watchers(options: argparse.Namespace) -> int:
+    from ..blocking import BlockingSysGenID
+    from ..restore.orchestrator import likely_cause_of_timeout
+    from ..timeouts import Deadline
+
     deadline = Deadline(options.timeout)
     while True:
         # Probe-only (read-only, untracked): a node this user may only read will do.
@@ -157,6 +165,8 @@ def wait_watchers(options: argparse.Namespace) -> int:
 
 
 def selftest(options: argparse.Namespace) -> int:
+    from ..selftest import format_table, run_selftest
+
     if options.abi != "auto":
         # --abi: the device must speak it (AbiMismatchError otherwise, exit 1), then the checks run.
         with Device.open(options.device, abi=options.abi, watcher=False):
@@ -170,6 +180,11 @@ def selftest(options: argparse.Namespace) -> int:
 
 
 def demo(options: argparse.Namespace) -> int:
+    import contextlib
+    import io
+
+    import anyio
+
     from ..demo import run_demo
 
     if options.device is not None:
