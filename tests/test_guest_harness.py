@@ -373,7 +373,9 @@ def test_restore_to_ready_places_cont_on_the_guests_clock(clones: ModuleType) ->
     """The guest's clock is host - 100 s; the lines took 1 ms at best to arrive; cont came at
     host 1000.000: the figures are guest stamps less cont on the guest's clock, late by that
     1 ms. Lines from before cont (the snapshot's) are left out."""
-    guest = lambda host_seconds: int((host_seconds - 100) * 1e9)  # noqa: E731
+    def guest(host_seconds: float) -> int:
+        return int((host_seconds - 100) * 1e9)
+
     clone = type("Clone", (), {"name": "clone-1", "clock_lines": [
         (999.5, f"CLOCK {guest(999.0)}"),  # before cont: ignored (its delay would be 500 ms anyway)
         (1000.011, f"C-ACK 1 {guest(1000.009)}"),
