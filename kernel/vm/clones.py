@@ -450,7 +450,7 @@ def restore_to_ready(clone: Vm, cont: float, generation: int, ready: dict[str, A
     def ack(kind: str) -> float:
         stamps = [int(line.split()[2]) for _, line in lines if line.startswith(f"{kind} {generation} ")]
         if not stamps:
-            raise RuntimeError(f"{clone.name}: no {kind} line for generation {generation}")
+            raise RuntimeError(f"{clone.name}: no whole {kind} line for generation {generation}; see {clone.log.name}")
         return since_cont(stamps[0])
 
     floor, python, library = ack("C-ACK"), ack("PY-ACK"), ack("LIB-ACK")
