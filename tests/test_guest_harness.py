@@ -389,10 +389,11 @@ def test_restore_to_ready_places_cont_on_the_guests_clock(clones: ModuleType) ->
 
 
 def test_restore_to_ready_names_a_missing_ack(clones: ModuleType) -> None:
-    clone = type("Clone", (), {"name": "clone-1", "clock_lines": [
+    log = type("Log", (), {"name": "clone-1.serial"})()
+    clone = type("Clone", (), {"name": "clone-1", "log": log, "clock_lines": [
         (1000.011, "C-ACK 1 900009000000"),
         (1000.012, "PY-ACK 1 900010000000"),
         *[(1001.0 + i * 0.002, f"CLOCK {int((901.0 + i * 0.002) * 1e9)}") for i in range(20)],
     ]})()
-    with pytest.raises(RuntimeError, match="no LIB-ACK line for generation 1"):
+    with pytest.raises(RuntimeError, match="no whole LIB-ACK line for generation 1; see clone-1.serial"):
         clones.restore_to_ready(clone, 1000.0, 1, {"monotonic_ns": 0})
